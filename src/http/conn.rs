@@ -1,0 +1,286 @@
+//! One client connection: buffered reads of request heads under deadlines,
+//! and the byte stream that bodies and responses use.
+
+use std::io::{self, BufRead, Read, Write};
+use std::net::{Shutdown as SocketShutdown, SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use super::request::{self, Head, HeadError};
+use crate::shutdown::ConnectionGuard;
+
+/// Initial size of a connection's read buffer in bytes. It grows up to the
+/// head limit only for requests with large heads.
+const INITIAL_BUFFER_BYTES: usize = 4096;
+
+/// Longest time a closing connection waits for the client to stop sending.
+const LINGER_TOTAL: Duration = Duration::from_secs(2);
+
+/// Longest wait for each read while lingering.
+const LINGER_READ_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// Maximum bytes discarded while lingering.
+const LINGER_MAX_BYTES: usize = 256 * 1024;
+
+/// Per-connection limits and timeouts.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// Maximum size of a request head in bytes.
+    pub max_head_bytes: usize,
+    /// Maximum number of header fields in a request head.
+    pub max_headers: usize,
+    /// Maximum time to receive a whole request head, counted from the
+    /// connection's accept or the request's first byte.
+    pub header_timeout: Duration,
+    /// Maximum wait for the next request on a keep-alive connection.
+    pub idle_timeout: Duration,
+    /// Maximum wait for each read or write of a body or a response.
+    pub io_timeout: Duration,
+}
+
+/// Reason no request head could be read.
+#[derive(Debug)]
+pub enum ReadHeadError {
+    /// The client closed the connection, or stayed idle past the idle
+    /// timeout, between requests. Nothing needs to be sent.
+    Closed,
+    /// The client closed the connection in the middle of a head.
+    ClosedMidHead,
+    /// The head did not arrive within the header timeout.
+    TimedOut,
+    /// The head is invalid.
+    Invalid(HeadError),
+    /// The socket failed.
+    Io(io::Error),
+}
+
+/// Client connection with its read buffer.
+pub struct Conn {
+    stream: TcpStream,
+    /// Address of the client.
+    pub peer: SocketAddr,
+    buffer: Vec<u8>,
+    /// Start of the unconsumed bytes in `buffer`.
+    start: usize,
+    /// End of the bytes read into `buffer`.
+    end: usize,
+    /// Read timeout currently set on the socket, cached to save a syscall per request.
+    read_timeout: Option<Duration>,
+    limits: Limits,
+    /// Whether at least one request head has been read.
+    served_any: bool,
+}
+
+impl Conn {
+    /// Wraps an accepted stream and applies the socket options every connection uses.
+    pub fn new(stream: TcpStream, peer: SocketAddr, limits: Limits) -> io::Result<Conn> {
+        stream.set_nodelay(true)?;
+        stream.set_write_timeout(Some(limits.io_timeout))?;
+        Ok(Conn {
+            stream,
+            peer,
+            buffer: vec![0; INITIAL_BUFFER_BYTES.min(limits.max_head_bytes.max(1))],
+            start: 0,
+            end: 0,
+            read_timeout: None,
+            limits,
+            served_any: false,
+        })
+    }
+
+    pub fn stream(&self) -> &TcpStream {
+        &self.stream
+    }
+
+    /// Reads the next request head.
+    ///
+    /// The first head must arrive within the header timeout of the accept.
+    /// Later heads may wait the idle timeout for their first byte, then get
+    /// the header timeout from that byte. While no request is in progress
+    /// the connection is marked idle, so that shutdown can close it.
+    pub fn read_head(&mut self, guard: &ConnectionGuard) -> Result<Head, ReadHeadError> {
+        let mut deadline = (!self.served_any).then(|| Instant::now() + self.limits.header_timeout);
+
+        loop {
+            if self.end > self.start {
+                let pending = &self.buffer[self.start..self.end];
+                if let Some(head) = request::parse(pending, self.limits.max_headers)
+                    .map_err(ReadHeadError::Invalid)?
+                {
+                    self.served_any = true;
+                    return Ok(head);
+                }
+                if pending.len() >= self.limits.max_head_bytes {
+                    return Err(ReadHeadError::Invalid(HeadError::TooLarge));
+                }
+                deadline.get_or_insert_with(|| Instant::now() + self.limits.header_timeout);
+            } else if guard.is_closing() {
+                return Err(ReadHeadError::Closed);
+            }
+
+            self.make_room();
+            let timeout = match deadline {
+                Some(deadline) => match deadline.checked_duration_since(Instant::now()) {
+                    Some(left) if !left.is_zero() => left,
+                    _ => return Err(self.timed_out()),
+                },
+                None => self.limits.idle_timeout,
+            };
+            self.set_read_timeout(timeout).map_err(ReadHeadError::Io)?;
+
+            let idle = self.start == self.end;
+            guard.set_idle(idle);
+            // Shutdown may have begun between the check above and marking
+            // the connection idle; checking again closes that window.
+            if idle && guard.is_closing() {
+                return Err(ReadHeadError::Closed);
+            }
+            let result = self.stream.read(&mut self.buffer[self.end..]);
+            guard.set_idle(false);
+
+            match result {
+                Ok(0) if self.start == self.end => return Err(ReadHeadError::Closed),
+                Ok(0) => return Err(ReadHeadError::ClosedMidHead),
+                Ok(read) => self.end += read,
+                Err(error) if is_timeout(&error) => {
+                    if deadline.is_none() {
+                        return Err(ReadHeadError::Closed);
+                    }
+                }
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+                Err(error) => return Err(ReadHeadError::Io(error)),
+            }
+        }
+    }
+
+    fn timed_out(&self) -> ReadHeadError {
+        if self.start == self.end && self.served_any {
+            ReadHeadError::Closed
+        } else {
+            ReadHeadError::TimedOut
+        }
+    }
+
+    /// Returns the bytes of a head that [`Conn::read_head`] returned and
+    /// that [`Conn::consume`] has not yet dropped.
+    pub fn head_bytes(&self, head: &Head) -> &[u8] {
+        &self.buffer[self.start..self.start + head.length]
+    }
+
+    /// Drops `count` buffered bytes, for example a head that has been answered.
+    pub fn consume(&mut self, count: usize) {
+        self.start = (self.start + count).min(self.end);
+        if self.start == self.end {
+            self.start = 0;
+            self.end = 0;
+        }
+    }
+
+    /// Whether bytes beyond the consumed ones are buffered, such as a pipelined request.
+    pub fn has_buffered_bytes(&self) -> bool {
+        self.end > self.start
+    }
+
+    /// Switches the read timeout to the body and response timeout.
+    pub fn use_io_timeout(&mut self) -> io::Result<()> {
+        self.set_read_timeout(self.limits.io_timeout)
+    }
+
+    pub fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.stream.write_all(bytes)
+    }
+
+    /// Closes the connection after a final response, without losing the response.
+    ///
+    /// Closing a socket with unread input makes the kernel send a reset,
+    /// which can destroy a response the client has not read yet. So this
+    /// sends FIN first and discards input until the client closes, bounded
+    /// in time and bytes.
+    pub fn close_lingering(mut self) {
+        if self.stream.shutdown(SocketShutdown::Write).is_err() {
+            return;
+        }
+        let deadline = Instant::now() + LINGER_TOTAL;
+        let mut discarded = self.end - self.start;
+        let mut scratch = [0u8; 4096];
+
+        while discarded < LINGER_MAX_BYTES {
+            let Some(left) = deadline.checked_duration_since(Instant::now()) else {
+                break;
+            };
+            if left.is_zero()
+                || self
+                    .stream
+                    .set_read_timeout(Some(left.min(LINGER_READ_TIMEOUT)))
+                    .is_err()
+            {
+                break;
+            }
+            match self.stream.read(&mut scratch) {
+                Ok(0) => break,
+                Ok(read) => discarded += read,
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => break,
+            }
+        }
+    }
+
+    fn make_room(&mut self) {
+        if self.end < self.buffer.len() {
+            return;
+        }
+        if self.start > 0 {
+            self.buffer.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+            return;
+        }
+        let grown =
+            (self.buffer.len() * 2).min(self.limits.max_head_bytes.max(INITIAL_BUFFER_BYTES));
+        self.buffer.resize(grown.max(self.buffer.len() + 1), 0);
+    }
+
+    fn set_read_timeout(&mut self, timeout: Duration) -> io::Result<()> {
+        // A zero timeout means "block forever" to the socket API.
+        let timeout = timeout.max(Duration::from_millis(1));
+        if self.read_timeout != Some(timeout) {
+            self.stream.set_read_timeout(Some(timeout))?;
+            self.read_timeout = Some(timeout);
+        }
+        Ok(())
+    }
+}
+
+/// Reads body bytes: buffered ones first, then the socket.
+impl Read for Conn {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        if self.start < self.end {
+            let count = out.len().min(self.end - self.start);
+            out[..count].copy_from_slice(&self.buffer[self.start..self.start + count]);
+            self.consume(count);
+            return Ok(count);
+        }
+        self.stream.read(out)
+    }
+}
+
+impl BufRead for Conn {
+    fn fill_buf(&mut self) -> io::Result<&[u8]> {
+        if self.start == self.end {
+            self.start = 0;
+            self.end = self.stream.read(&mut self.buffer)?;
+        }
+        Ok(&self.buffer[self.start..self.end])
+    }
+
+    fn consume(&mut self, count: usize) {
+        Conn::consume(self, count);
+    }
+}
+
+/// Whether a socket error is a read or write timeout.
+pub fn is_timeout(error: &io::Error) -> bool {
+    matches!(
+        error.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+    )
+}

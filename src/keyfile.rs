@@ -1,0 +1,211 @@
+//! Reading the key file from disk with size and file-type limits.
+//!
+//! Every read opens the path afresh, so symlinks (a Kubernetes Secret
+//! volume's `..data`) are followed as they are at that moment.
+
+use std::fmt;
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+/// Maximum size of a key file in bytes (1 MiB).
+pub const MAX_KEY_FILE_BYTES: u64 = 1 << 20;
+
+/// Contents of the key file as read at one moment.
+#[derive(Debug)]
+pub struct Snapshot {
+    pub bytes: Vec<u8>,
+    /// Hard-link count of the file read. Zero means the file was deleted
+    /// while something (a bind mount) kept it reachable at this path.
+    pub link_count: u64,
+    /// File mode bits, for the permission warning.
+    pub mode: u32,
+}
+
+/// Failure to read the key file.
+#[derive(Debug)]
+pub enum ReadError {
+    /// Opening, inspecting or reading failed with an OS error.
+    Io { path: PathBuf, error: io::Error },
+    /// The path is not a regular file.
+    NotRegularFile { path: PathBuf, kind: &'static str },
+    /// The file is larger than [`MAX_KEY_FILE_BYTES`].
+    TooLarge { path: PathBuf, size: u64 },
+}
+
+impl ReadError {
+    /// Tells whether `other` has the same cause, so that a poller logs a
+    /// failure once and not on every poll.
+    pub fn same_failure_as(&self, other: &ReadError) -> bool {
+        match (self, other) {
+            (ReadError::Io { error: a, .. }, ReadError::Io { error: b, .. }) => {
+                a.kind() == b.kind()
+            }
+            (
+                ReadError::NotRegularFile { kind: a, .. },
+                ReadError::NotRegularFile { kind: b, .. },
+            ) => a == b,
+            (ReadError::TooLarge { .. }, ReadError::TooLarge { .. }) => true,
+            _ => false,
+        }
+    }
+}
+
+impl fmt::Display for ReadError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ReadError::Io { path, error } => {
+                write!(f, "cannot read key file {}: {error}", path.display())
+            }
+            ReadError::NotRegularFile { path, kind } => write!(
+                f,
+                "key file {} is a {kind}, not a regular file; point --key-file at the file itself",
+                path.display()
+            ),
+            ReadError::TooLarge { path, size } => write!(
+                f,
+                "key file {} is {size} bytes, more than the {MAX_KEY_FILE_BYTES}-byte limit; check that the path names the key file",
+                path.display()
+            ),
+        }
+    }
+}
+
+impl std::error::Error for ReadError {}
+
+/// Reads the whole key file.
+///
+/// Opening uses `O_NONBLOCK`, so a FIFO at the path is reported as an error
+/// instead of blocking until a writer appears.
+pub fn read(path: &Path) -> Result<Snapshot, ReadError> {
+    let io_error = |error| ReadError::Io {
+        path: path.to_path_buf(),
+        error,
+    };
+
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(io_error)?;
+    let metadata = file.metadata().map_err(io_error)?;
+
+    let file_type = metadata.file_type();
+    if !file_type.is_file() {
+        let kind = if file_type.is_dir() {
+            "directory"
+        } else if file_type.is_fifo() {
+            "FIFO"
+        } else if file_type.is_socket() {
+            "socket"
+        } else if file_type.is_char_device() || file_type.is_block_device() {
+            "device"
+        } else {
+            "special file"
+        };
+        return Err(ReadError::NotRegularFile {
+            path: path.to_path_buf(),
+            kind,
+        });
+    }
+    if metadata.len() > MAX_KEY_FILE_BYTES {
+        return Err(ReadError::TooLarge {
+            path: path.to_path_buf(),
+            size: metadata.len(),
+        });
+    }
+
+    let bytes = read_limited(file).map_err(io_error)?;
+    // The file may have grown between fstat and read.
+    if bytes.len() as u64 > MAX_KEY_FILE_BYTES {
+        return Err(ReadError::TooLarge {
+            path: path.to_path_buf(),
+            size: bytes.len() as u64,
+        });
+    }
+
+    Ok(Snapshot {
+        bytes,
+        link_count: metadata.nlink(),
+        mode: metadata.mode(),
+    })
+}
+
+fn read_limited(file: File) -> io::Result<Vec<u8>> {
+    let mut bytes = Vec::new();
+    file.take(MAX_KEY_FILE_BYTES + 1).read_to_end(&mut bytes)?;
+    Ok(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp_dir(name: &str) -> PathBuf {
+        let dir =
+            std::env::temp_dir().join(format!("keygate-keyfile-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn read_rejects_directory() {
+        let dir = temp_dir("dir");
+        let error = read(&dir).unwrap_err();
+        assert!(
+            matches!(
+                error,
+                ReadError::NotRegularFile {
+                    kind: "directory",
+                    ..
+                }
+            ),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn read_rejects_fifo_without_blocking() {
+        let dir = temp_dir("fifo");
+        let fifo = dir.join("keys");
+        let status = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let error = read(&fifo).unwrap_err();
+        assert!(
+            matches!(error, ReadError::NotRegularFile { kind: "FIFO", .. }),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn read_rejects_oversized_file() {
+        let dir = temp_dir("large");
+        let path = dir.join("keys");
+        std::fs::write(&path, vec![b'a'; MAX_KEY_FILE_BYTES as usize + 1]).unwrap();
+        assert!(matches!(
+            read(&path).unwrap_err(),
+            ReadError::TooLarge { .. }
+        ));
+    }
+
+    #[test]
+    fn read_reports_missing_file() {
+        let dir = temp_dir("missing");
+        let error = read(&dir.join("absent")).unwrap_err();
+        assert!(error.to_string().contains("absent"), "{error}");
+    }
+
+    #[test]
+    fn read_rejects_device() {
+        let error = read(Path::new("/dev/zero")).unwrap_err();
+        assert!(
+            matches!(error, ReadError::NotRegularFile { kind: "device", .. }),
+            "{error}"
+        );
+    }
+}

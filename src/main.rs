@@ -1,0 +1,107 @@
+//! keygate: API-key authentication in front of private HTTP services.
+//!
+//! `main` only maps the result of [`run`] to an exit status: 0 on success,
+//! 1 when the daemon or a subcommand fails, 2 for a usage error.
+
+// TODO: remove once reverse-proxy mode uses the body decoders and upstream settings.
+#![allow(dead_code)]
+
+mod admin;
+mod auth;
+mod commands;
+mod config;
+mod daemon;
+mod forward;
+mod http;
+mod keyfile;
+mod keys;
+mod metrics;
+mod notify;
+mod pool;
+mod ratelimit;
+mod reload;
+mod server;
+mod shutdown;
+mod signals;
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use config::Command;
+
+/// How a run ended, when it did not succeed.
+enum Failure {
+    /// Invalid command line or environment; exit status 2.
+    Usage(String),
+    /// Anything else; exit status 1.
+    Runtime(String),
+    /// Failure already reported on standard output; exit status 1.
+    Silent,
+}
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::Usage(message)) => {
+            eprintln!("keygate: {message}");
+            ExitCode::from(2)
+        }
+        Err(Failure::Runtime(message)) => {
+            log::error!("{message}");
+            // The logger may not be set up yet (subcommands), so the message
+            // also goes to stderr directly when logging is off.
+            if !log::log_enabled!(log::Level::Error) {
+                eprintln!("keygate: {message}");
+            }
+            ExitCode::from(1)
+        }
+        Err(Failure::Silent) => ExitCode::from(1),
+    }
+}
+
+fn run() -> Result<(), Failure> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let env = |name: &str| std::env::var(name).ok();
+    let command = config::parse(&args, &env).map_err(|error| Failure::Usage(error.0))?;
+
+    match command {
+        Command::Help(text) => {
+            print!("{text}");
+            Ok(())
+        }
+        Command::Version => {
+            println!("keygate {}", env!("CARGO_PKG_VERSION"));
+            Ok(())
+        }
+        Command::Serve(config) => {
+            init_logging();
+            daemon::run(*config).map_err(Failure::Runtime)
+        }
+        Command::KeysCheck(check) => {
+            let mut stdout = std::io::stdout().lock();
+            match commands::keys_check(&check, &mut stdout) {
+                Ok(true) => Ok(()),
+                Ok(false) => Err(Failure::Silent),
+                Err(message) => Err(Failure::Runtime(message)),
+            }
+        }
+        Command::KeysId => {
+            let id = commands::keys_id(&mut std::io::stdin().lock()).map_err(Failure::Runtime)?;
+            println!("{id}");
+            Ok(())
+        }
+        Command::Healthcheck(check) => match commands::healthcheck(&check) {
+            Ok(()) => Ok(()),
+            Err(message) => {
+                let _ = writeln!(std::io::stderr(), "keygate: {message}");
+                Err(Failure::Silent)
+            }
+        },
+    }
+}
+
+fn init_logging() {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+        .format_target(false)
+        .init();
+}
