@@ -101,7 +101,9 @@ fn invalid_values_exit_2_naming_them() {
     write_keys(&keys, &[KEY_A]);
     let path = keys.to_str().unwrap();
 
-    let cases: &[(&[&str], &[(&str, &str)], &str)] = &[
+    /// Extra arguments, extra environment, and the text the error must name.
+    type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
+    let cases: &[Case] = &[
         (&["--poll-interval", "soon"], &[], "--poll-interval"),
         (&["--max-connections", "0"], &[], "--max-connections"),
         (&["--upstream", "https://x:1"], &[], "https"),
