@@ -50,8 +50,8 @@ impl DenyReason {
 /// Outcome of authenticating one request.
 pub enum Decision {
     Allow(Arc<KeyEntry>),
-    /// Denied; `token_presented` is set when the client sent a bearer token,
-    /// which RFC 6750 answers with `error="invalid_token"`.
+    /// Denied. `token_presented` is set when the client sent a bearer token,
+    /// and the challenge then carries `error="invalid_token"` (RFC 6750).
     Deny {
         reason: DenyReason,
         token_presented: bool,

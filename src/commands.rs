@@ -118,8 +118,8 @@ fn request_status(
 
     let mut response = Vec::new();
     let mut chunk = [0u8; 512];
-    // The status line is all that is needed; a stopped daemon that accepted
-    // the connection but never answers ends in the read timeout.
+    // The status line is all that is needed. A stopped daemon whose kernel
+    // accepted the connection never responds, so the read times out.
     while !response.windows(2).any(|pair| pair == b"\r\n") && response.len() < 4096 {
         stream.set_read_timeout(Some(left()?.max(Duration::from_millis(1))))?;
         let read = stream.read(&mut chunk)?;

@@ -269,7 +269,7 @@ pub struct Healthcheck {
     pub timeout: Duration,
 }
 
-/// What the command line asks for.
+/// Command selected by the command line.
 #[derive(Debug)]
 pub enum Command {
     Serve(Box<Config>),

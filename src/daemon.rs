@@ -18,8 +18,8 @@ use crate::server::{self, ListenerContext, RunningListener};
 use crate::shutdown::Shutdown;
 use crate::signals::{self, Event};
 
-/// Most connections served at once on the admin listener. Its own small
-/// pool keeps probes answered while the auth listener is flooded.
+/// Maximum connections served at once on the admin listener. Its own small
+/// pool keeps probes working while the auth listener is flooded.
 const ADMIN_MAX_CONNECTIONS: usize = 64;
 
 /// Runs the daemon until a shutdown signal has been handled.
@@ -243,14 +243,14 @@ fn warn_about_key_file(path: &Path, mode: u32) {
     }
 }
 
-/// Whether `path` sits in a directory laid out by the kubelet's atomic
+/// Returns whether `path` is in a directory laid out by the kubelet's atomic
 /// writer, which keeps the real files behind a `..data` symlink.
 fn is_kubernetes_secret_volume(path: &Path) -> bool {
     path.parent()
         .is_some_and(|dir| dir.join("..data").is_symlink())
 }
 
-/// Whether `path` is listed as a mount point in `/proc/self/mountinfo`.
+/// Returns whether `path` is a mount point listed in `/proc/self/mountinfo`.
 fn is_mount_point(path: &Path) -> bool {
     let Ok(canonical) = path.canonicalize() else {
         return false;

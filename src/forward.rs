@@ -2,7 +2,7 @@
 //! `200` to allow or `401` to deny, whatever its method, path or query.
 //!
 //! Gateways turn any other status into an error (nginx `auth_request`
-//! answers 500) or a denial (Envoy `ext_authz`), so this service never
+//! responds with 500) or a denial (Envoy `ext_authz`), so this service never
 //! sends one for a request it could parse.
 
 use std::io;
@@ -37,7 +37,7 @@ impl Service for ForwardAuth {
         // The decision needs the head only. A declared body is never read:
         // nginx `auth_request` sends the client's Content-Length without the
         // body, so waiting for it would hang. The connection closes instead,
-        // because unread body bytes cannot be told from the next request.
+        // because unread body bytes cannot be distinguished from the next request.
         let close = closing || !request.head.keep_alive || request.head.framing.has_body();
 
         let response = match auth::decide(request, &self.keys) {

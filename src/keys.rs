@@ -50,8 +50,8 @@ impl PartialEq for SecretKey {
 impl Eq for SecretKey {}
 
 impl Hash for SecretKey {
-    // NOTE: the map uses std's randomly keyed SipHash, so the bucket a token
-    // lands in tells an observer nothing about which keys exist.
+    // The map uses std's randomly keyed SipHash, so the bucket a token lands
+    // in reveals nothing about which keys exist.
     fn hash<H: Hasher>(&self, state: &mut H) {
         self.0.hash(state);
     }
@@ -315,7 +315,8 @@ impl KeyStore {
         }
     }
 
-    /// Returns the set in force now. Holding it never blocks a reload.
+    /// Returns the set in force now. A reload swaps in a new set and leaves
+    /// this one untouched, so holding it does not block the reload.
     pub fn snapshot(&self) -> Arc<KeySet> {
         Arc::clone(
             &self

@@ -29,13 +29,13 @@ use std::process::ExitCode;
 
 use config::Command;
 
-/// How a run ended, when it did not succeed.
+/// Failure of a run, with the exit status it maps to.
 enum Failure {
     /// Invalid command line or environment; exit status 2.
     Usage(String),
     /// Anything else; exit status 1.
     Runtime(String),
-    /// Failure already reported on standard output; exit status 1.
+    /// Failure already reported on standard output or standard error; exit status 1.
     Silent,
 }
 

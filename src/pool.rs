@@ -1,10 +1,10 @@
 //! Bounded pool of worker threads, one per open connection.
 //!
 //! Threads start on demand up to the pool's maximum and exit after
-//! [`IDLE_THREAD_LIFETIME`] without work. A connection is handed to an idle
-//! thread when there is one; when every thread is busy and the pool is
-//! full, the connection is returned to the caller, which rejects it. So a
-//! flood of connections can never queue without bound.
+//! [`IDLE_THREAD_LIFETIME`] without work. A connection goes to an idle
+//! thread when there is one. When every thread is busy and the pool is
+//! full, the connection goes back to the caller, which rejects it, so a
+//! flood of connections never queues without bound.
 
 use std::collections::VecDeque;
 use std::net::{SocketAddr, TcpStream};

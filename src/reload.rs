@@ -1,8 +1,8 @@
 //! Key-file reloading: a thread that polls the file's contents and swaps the
 //! key set when they change.
 //!
-//! Polling the bytes, instead of watching inotify events or comparing
-//! metadata, catches every way a file can change: a Kubernetes `..data`
+//! The poller compares bytes instead of watching inotify events or comparing
+//! metadata. That catches every way a file can change: a Kubernetes `..data`
 //! symlink swap, `mv` over the file, an editor's save, delete and recreate,
 //! and an in-place rewrite that keeps the size and the modification time.
 
@@ -45,7 +45,7 @@ impl ReloadStatus {
             .store(unix_millis_now(), Ordering::Relaxed);
     }
 
-    /// Whether the poller checked the file recently enough.
+    /// Returns whether the poller checked the file recently enough.
     pub fn poller_alive(&self) -> bool {
         let last = self.heartbeat_ms.load(Ordering::Relaxed);
         unix_millis_now().saturating_sub(last) <= self.max_silence_ms.load(Ordering::Relaxed)
@@ -120,8 +120,9 @@ impl Reloader {
         status: Arc<ReloadStatus>,
         notifier: Arc<Notifier>,
     ) -> Reloader {
-        // A healthy poller checks at least once per interval; reading and
-        // settling can add a few settle delays, and a busy machine a second or two.
+        // A healthy poller checks at least once per interval. Reading and
+        // settling add up to a few settle delays, and a busy machine adds a
+        // second or two, so the bound is generous.
         let max_silence = settings.poll_interval * 3
             + settings.settle_delay * (MAX_SETTLE_ATTEMPTS + 1)
             + Duration::from_secs(5);
@@ -197,8 +198,8 @@ impl Reloader {
         );
     }
 
-    /// Reloads at once, as SIGHUP asks. The operator has finished the file,
-    /// so no settle delay applies.
+    /// Reloads at once, for SIGHUP. The operator has finished the file, so
+    /// no settle delay applies.
     fn reload_on_request(&mut self) {
         self.notifier.reloading();
         log::info!(
@@ -349,6 +350,6 @@ fn log_skipped_lines(settings: &Settings, parsed: &ParsedKeyFile) {
 }
 
 pub fn effective_uid() -> u32 {
-    // SAFETY: geteuid has no preconditions and cannot fail.
+    // SAFETY: geteuid(2) takes no arguments and is documented to always succeed.
     unsafe { libc::geteuid() }
 }

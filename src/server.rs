@@ -143,7 +143,7 @@ fn handle_accept_error(error: &io::Error, name: &str) {
     }
 }
 
-/// Answers a connection past the cap with 503 from the accept thread.
+/// Sends 503 to a connection past the cap, from the accept thread.
 ///
 /// Every step is non-blocking, so a client that does not read cannot stall
 /// accepting. Reading what the client already sent before closing avoids a

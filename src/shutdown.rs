@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-/// Open connection as the shutdown sees it.
+/// Open connection in the shutdown's table.
 struct Tracked {
     /// Second handle to the socket, used to wake a blocked read.
     stream: TcpStream,
@@ -42,12 +42,12 @@ impl Shutdown {
         Arc::new(Shutdown::default())
     }
 
-    /// Whether a shutdown signal has arrived. Readiness reports 503 from then on.
+    /// Returns whether a shutdown signal has arrived. Readiness reports 503 from then on.
     pub fn is_draining(&self) -> bool {
         self.draining.load(Ordering::SeqCst)
     }
 
-    /// Whether connections are being closed.
+    /// Returns whether connections are being closed.
     pub fn is_closing(&self) -> bool {
         self.closing.load(Ordering::SeqCst)
     }

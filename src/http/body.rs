@@ -69,7 +69,7 @@ impl<R: BufRead> BodyReader<R> {
         }
     }
 
-    /// Whether the whole body has been read.
+    /// Returns whether the whole body has been read.
     pub fn is_done(&self) -> bool {
         match self.kind {
             Kind::Length { remaining } => remaining == 0,

@@ -12,10 +12,10 @@ use crate::shutdown::ConnectionGuard;
 /// head limit only for requests with large heads.
 const INITIAL_BUFFER_BYTES: usize = 4096;
 
-/// Longest time a closing connection waits for the client to stop sending.
+/// Maximum time a closing connection waits for the client to stop sending.
 const LINGER_TOTAL: Duration = Duration::from_secs(2);
 
-/// Longest wait for each read while lingering.
+/// Maximum wait for each read while lingering.
 const LINGER_READ_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// Maximum bytes discarded while lingering.
@@ -175,7 +175,7 @@ impl Conn {
         }
     }
 
-    /// Whether bytes beyond the consumed ones are buffered, such as a pipelined request.
+    /// Returns whether unconsumed bytes are buffered, such as a pipelined request.
     pub fn has_buffered_bytes(&self) -> bool {
         self.end > self.start
     }
@@ -277,7 +277,7 @@ impl BufRead for Conn {
     }
 }
 
-/// Whether a socket error is a read or write timeout.
+/// Returns whether a socket error is a read or write timeout.
 pub fn is_timeout(error: &io::Error) -> bool {
     matches!(
         error.kind(),

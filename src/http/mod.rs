@@ -23,7 +23,7 @@ pub enum Persistence {
     Close,
 }
 
-/// Request as a service sees it: the parsed head and the bytes its spans index.
+/// Request passed to a service: the parsed head and the bytes its spans index.
 pub struct Request<'a> {
     pub head: &'a Head,
     pub bytes: &'a [u8],
@@ -66,7 +66,7 @@ impl Request<'_> {
 
 /// Request handler of a listener.
 pub trait Service: Send + Sync + 'static {
-    /// Answers one request. The head is already consumed from `conn`, so any
+    /// Responds to one request. The head is already consumed from `conn`, so any
     /// body comes next. `closing` is set once shutdown has begun, and the
     /// response must then close the connection.
     fn respond(

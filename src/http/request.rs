@@ -16,7 +16,7 @@ pub enum Version {
     Http11,
 }
 
-/// How the body of a request is delimited.
+/// Body delimitation of a request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Framing {
     /// No body.
@@ -53,11 +53,11 @@ pub struct Head {
 /// Reason a request head is rejected.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum HeadError {
-    /// Syntax or framing error, answered with 400.
+    /// Syntax or framing error; the response is 400.
     Malformed(&'static str),
-    /// Head larger than the byte limit or with more headers than allowed, answered with 431.
+    /// Head larger than the byte limit or with more headers than allowed; the response is 431.
     TooLarge,
-    /// A version other than HTTP/1.0 and HTTP/1.1, answered with 505.
+    /// A version other than HTTP/1.0 and HTTP/1.1; the response is 505.
     UnsupportedVersion,
 }
 
