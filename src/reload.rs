@@ -264,6 +264,7 @@ impl Reloader {
 
     /// Parses `snapshot` and swaps the new key set in.
     fn adopt(&mut self, snapshot: Snapshot) {
+        let started = Instant::now();
         let parsed = keys::parse_key_file(&snapshot.bytes, self.settings.min_key_length);
         log_skipped_lines(&self.settings, &parsed);
 
@@ -292,8 +293,9 @@ impl Reloader {
             .map(|id| id.as_str())
             .collect();
         log::info!(
-            "reloaded key file {}: {count} keys, {} added, {} removed",
+            "reloaded key file {} in {:?}: {count} keys, {} added, {} removed",
             self.settings.path.display(),
+            started.elapsed(),
             added.len(),
             removed.len()
         );

@@ -104,7 +104,7 @@ fn reload_logs_ids_added_and_removed() {
         logs.contains(&format!("key ids removed: {}", key_id(KEY_A))),
         "{logs}"
     );
-    assert!(logs.contains("2 keys, 1 added, 1 removed"), "{logs}");
+    assert!(logs.contains(": 2 keys, 1 added, 1 removed"), "{logs}");
     keygate.assert_no_key_in_logs();
 }
 
