@@ -616,6 +616,11 @@ fn check_keygate_stopped_fails_closed(mut stack: Stack) {
 
     drop(stack.keygate.take());
     let response = stack.send(&request);
+    eprintln!(
+        "{}: responded {} while keygate was down",
+        stack.gateway.kind.name(),
+        response.status
+    );
     assert!(
         [401, 500, 502, 503].contains(&response.status),
         "{}",
