@@ -11,7 +11,8 @@ use crate::keys::{self, KeyId, LineOutcome};
 /// Prints each line's outcome. Returns whether the daemon would accept the
 /// file at start-up: it is readable and has at least one valid key.
 pub fn keys_check(check: &KeysCheck, out: &mut dyn Write) -> Result<bool, String> {
-    let snapshot = keyfile::read(&check.key_file).map_err(|error| error.to_string())?;
+    let snapshot = keyfile::read(&check.key_file, check.max_key_file_bytes)
+        .map_err(|error| error.to_string())?;
     let parsed = keys::parse_key_file(&snapshot.bytes, check.min_key_length);
 
     for (index, outcome) in parsed.lines.iter().enumerate() {

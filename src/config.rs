@@ -68,8 +68,16 @@ const MIN_KEY_LENGTH: OptionSpec = option(
     "Shortest key accepted from the key file.",
 );
 
-/// Options of `keygate keys check`: only those that affect parsing a key file.
-const KEYS_CHECK_OPTIONS: &[OptionSpec] = &[KEY_FILE, MIN_KEY_LENGTH];
+const MAX_KEY_FILE_BYTES: OptionSpec = option(
+    "max-key-file-bytes",
+    "KEYGATE_MAX_KEY_FILE_BYTES",
+    "BYTES",
+    "1048576",
+    "Largest key file accepted; a larger file is an error.",
+);
+
+/// Options of `keygate keys check`: only those that affect reading a key file.
+const KEYS_CHECK_OPTIONS: &[OptionSpec] = &[KEY_FILE, MIN_KEY_LENGTH, MAX_KEY_FILE_BYTES];
 
 const SERVE_OPTIONS: &[OptionSpec] = &[
     KEY_FILE,
@@ -95,6 +103,7 @@ const SERVE_OPTIONS: &[OptionSpec] = &[
         "Reverse-proxy mode: forward allowed requests to this http://HOST:PORT. Unset: forward-auth mode.",
     ),
     MIN_KEY_LENGTH,
+    MAX_KEY_FILE_BYTES,
     option(
         "poll-interval",
         "KEYGATE_POLL_INTERVAL",
@@ -238,6 +247,7 @@ pub struct Config {
     pub admin_listen: Option<String>,
     pub upstream: Option<Upstream>,
     pub min_key_length: usize,
+    pub max_key_file_bytes: u64,
     pub poll_interval: Duration,
     pub settle_delay: Duration,
     pub max_connections: usize,
@@ -260,6 +270,7 @@ pub struct Config {
 pub struct KeysCheck {
     pub key_file: PathBuf,
     pub min_key_length: usize,
+    pub max_key_file_bytes: u64,
 }
 
 /// Settings of `keygate healthcheck`.
@@ -562,6 +573,7 @@ fn build_config(
         admin_listen,
         upstream,
         min_key_length: values.count("min-key-length", 1, MAX_KEY_LENGTH)?,
+        max_key_file_bytes: values.count("max-key-file-bytes", 1024, 1 << 30)? as u64,
         poll_interval: values.parsed(
             "poll-interval",
             "a duration of at least 100ms, such as 2s",
@@ -629,6 +641,7 @@ fn parse_keys(
             Ok(Command::KeysCheck(KeysCheck {
                 key_file,
                 min_key_length: values.count("min-key-length", 1, MAX_KEY_LENGTH)?,
+                max_key_file_bytes: values.count("max-key-file-bytes", 1024, 1 << 30)? as u64,
             }))
         }
         _ => Err(UsageError(

@@ -28,6 +28,7 @@ pub fn run(config: Config) -> Result<(), String> {
     let settings = reload::Settings {
         path: config.key_file.clone(),
         min_key_length: config.min_key_length,
+        max_file_bytes: config.max_key_file_bytes,
         poll_interval: config.poll_interval,
         settle_delay: config.settle_delay,
     };

@@ -4,13 +4,14 @@
 //! volume's `..data`) are followed as they are at that moment.
 
 use std::fmt;
-use std::fs::{File, OpenOptions};
+use std::fs::OpenOptions;
 use std::io::{self, Read};
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
-/// Maximum size of a key file in bytes (1 MiB).
-pub const MAX_KEY_FILE_BYTES: u64 = 1 << 20;
+/// Default maximum size of a key file in bytes (1 MiB), about 50,000 keys of
+/// 20 bytes. `--max-key-file-bytes` raises it for larger key sets.
+pub const DEFAULT_MAX_KEY_FILE_BYTES: u64 = 1 << 20;
 
 /// Contents of the key file as read at one moment.
 #[derive(Debug)]
@@ -30,8 +31,12 @@ pub enum ReadError {
     Io { path: PathBuf, error: io::Error },
     /// The path is not a regular file.
     NotRegularFile { path: PathBuf, kind: &'static str },
-    /// The file is larger than [`MAX_KEY_FILE_BYTES`].
-    TooLarge { path: PathBuf, size: u64 },
+    /// The file is larger than the configured maximum.
+    TooLarge {
+        path: PathBuf,
+        size: u64,
+        limit: u64,
+    },
 }
 
 impl ReadError {
@@ -63,9 +68,10 @@ impl fmt::Display for ReadError {
                 "key file {} is a {kind}, not a regular file; point --key-file at the file itself",
                 path.display()
             ),
-            ReadError::TooLarge { path, size } => write!(
+            ReadError::TooLarge { path, size, limit } => write!(
                 f,
-                "key file {} is {size} bytes, more than the {MAX_KEY_FILE_BYTES}-byte limit; check that the path names the key file",
+                "key file {} is {size} bytes, more than the {limit}-byte limit; check that the path names the key file, \
+                 or raise --max-key-file-bytes",
                 path.display()
             ),
         }
@@ -74,11 +80,11 @@ impl fmt::Display for ReadError {
 
 impl std::error::Error for ReadError {}
 
-/// Reads the whole key file.
+/// Reads the whole key file, which may be at most `max_bytes` long.
 ///
 /// Opening uses `O_NONBLOCK`, so a FIFO at the path is reported as an error
 /// instead of blocking until a writer appears.
-pub fn read(path: &Path) -> Result<Snapshot, ReadError> {
+pub fn read(path: &Path, max_bytes: u64) -> Result<Snapshot, ReadError> {
     let io_error = |error| ReadError::Io {
         path: path.to_path_buf(),
         error,
@@ -109,20 +115,22 @@ pub fn read(path: &Path) -> Result<Snapshot, ReadError> {
             kind,
         });
     }
-    if metadata.len() > MAX_KEY_FILE_BYTES {
-        return Err(ReadError::TooLarge {
-            path: path.to_path_buf(),
-            size: metadata.len(),
-        });
+    let too_large = |size| ReadError::TooLarge {
+        path: path.to_path_buf(),
+        size,
+        limit: max_bytes,
+    };
+    if metadata.len() > max_bytes {
+        return Err(too_large(metadata.len()));
     }
 
-    let bytes = read_limited(file).map_err(io_error)?;
+    let mut bytes = Vec::new();
+    file.take(max_bytes + 1)
+        .read_to_end(&mut bytes)
+        .map_err(io_error)?;
     // The file may have grown between fstat and read.
-    if bytes.len() as u64 > MAX_KEY_FILE_BYTES {
-        return Err(ReadError::TooLarge {
-            path: path.to_path_buf(),
-            size: bytes.len() as u64,
-        });
+    if bytes.len() as u64 > max_bytes {
+        return Err(too_large(bytes.len() as u64));
     }
 
     Ok(Snapshot {
@@ -130,12 +138,6 @@ pub fn read(path: &Path) -> Result<Snapshot, ReadError> {
         link_count: metadata.nlink(),
         mode: metadata.mode(),
     })
-}
-
-fn read_limited(file: File) -> io::Result<Vec<u8>> {
-    let mut bytes = Vec::new();
-    file.take(MAX_KEY_FILE_BYTES + 1).read_to_end(&mut bytes)?;
-    Ok(bytes)
 }
 
 #[cfg(test)]
@@ -153,7 +155,7 @@ mod tests {
     #[test]
     fn read_rejects_directory() {
         let dir = temp_dir("dir");
-        let error = read(&dir).unwrap_err();
+        let error = read(&dir, DEFAULT_MAX_KEY_FILE_BYTES).unwrap_err();
         assert!(
             matches!(
                 error,
@@ -175,7 +177,7 @@ mod tests {
             .status()
             .unwrap();
         assert!(status.success());
-        let error = read(&fifo).unwrap_err();
+        let error = read(&fifo, DEFAULT_MAX_KEY_FILE_BYTES).unwrap_err();
         assert!(
             matches!(error, ReadError::NotRegularFile { kind: "FIFO", .. }),
             "{error}"
@@ -186,23 +188,22 @@ mod tests {
     fn read_rejects_oversized_file() {
         let dir = temp_dir("large");
         let path = dir.join("keys");
-        std::fs::write(&path, vec![b'a'; MAX_KEY_FILE_BYTES as usize + 1]).unwrap();
-        assert!(matches!(
-            read(&path).unwrap_err(),
-            ReadError::TooLarge { .. }
-        ));
+        std::fs::write(&path, vec![b'a'; DEFAULT_MAX_KEY_FILE_BYTES as usize + 1]).unwrap();
+        let error = read(&path, DEFAULT_MAX_KEY_FILE_BYTES).unwrap_err();
+        assert!(matches!(error, ReadError::TooLarge { .. }), "{error}");
+        assert!(read(&path, DEFAULT_MAX_KEY_FILE_BYTES + 1).is_ok());
     }
 
     #[test]
     fn read_reports_missing_file() {
         let dir = temp_dir("missing");
-        let error = read(&dir.join("absent")).unwrap_err();
+        let error = read(&dir.join("absent"), DEFAULT_MAX_KEY_FILE_BYTES).unwrap_err();
         assert!(error.to_string().contains("absent"), "{error}");
     }
 
     #[test]
     fn read_rejects_device() {
-        let error = read(Path::new("/dev/zero")).unwrap_err();
+        let error = read(Path::new("/dev/zero"), DEFAULT_MAX_KEY_FILE_BYTES).unwrap_err();
         assert!(
             matches!(error, ReadError::NotRegularFile { kind: "device", .. }),
             "{error}"

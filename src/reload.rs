@@ -71,6 +71,8 @@ impl ReloadStatus {
 pub struct Settings {
     pub path: PathBuf,
     pub min_key_length: usize,
+    /// Maximum size of the key file in bytes.
+    pub max_file_bytes: u64,
     /// Time between two checks of the file.
     pub poll_interval: Duration,
     /// Time between the two reads that must agree before new contents are adopted.
@@ -97,7 +99,8 @@ pub struct Reloader {
 /// read is an error, and so is one without valid keys, because starting with
 /// an empty set would deny every request without anybody noticing.
 pub fn initial_load(settings: &Settings) -> Result<(ParsedKeyFile, Snapshot), String> {
-    let snapshot = keyfile::read(&settings.path).map_err(|error| error.to_string())?;
+    let snapshot = keyfile::read(&settings.path, settings.max_file_bytes)
+        .map_err(|error| error.to_string())?;
     let parsed = keys::parse_key_file(&snapshot.bytes, settings.min_key_length);
     log_skipped_lines(settings, &parsed);
     if parsed.keys.is_empty() {
@@ -219,7 +222,7 @@ impl Reloader {
 
     /// Reads the file, logging a failure when it starts and when it ends.
     fn read(&mut self) -> Option<Snapshot> {
-        match keyfile::read(&self.settings.path) {
+        match keyfile::read(&self.settings.path, self.settings.max_file_bytes) {
             Ok(snapshot) => {
                 if self.failing.take().is_some() {
                     log::info!(
