@@ -137,10 +137,10 @@ impl Proxy {
     /// Sends the request upstream and waits for the final response head.
     ///
     /// A connection from the idle pool that turns out to be closed is
-    /// replaced by a fresh one once, when the upstream cannot have acted on
-    /// the request: writing the head failed (no body byte was read yet), or
-    /// the connection closed before any response byte and the request is a
-    /// GET, HEAD or OPTIONS without a body.
+    /// replaced by a new one once, if the upstream cannot have acted on the
+    /// request. That holds when writing the head failed, since no body byte
+    /// was read yet. It also holds when the connection closed before any
+    /// response byte and the request is a GET, HEAD or OPTIONS without a body.
     fn exchange(
         &self,
         conn: &mut Conn,
@@ -162,7 +162,10 @@ impl Proxy {
                         } else {
                             502
                         },
-                        detail: format!("connecting failed: {error}"),
+                        detail: format!(
+                            "connecting to upstream {} failed: {error}",
+                            self.upstream.authority()
+                        ),
                     })?,
             };
 
@@ -179,7 +182,7 @@ impl Proxy {
                     kind: UpstreamError::Closed,
                     status: 502,
                     detail: format!(
-                        "sending the request to {} failed: {error}",
+                        "sending the request to upstream {} failed: {error}",
                         upstream.address
                     ),
                 });
@@ -211,7 +214,7 @@ impl Proxy {
                         kind: UpstreamError::Closed,
                         status: 502,
                         detail: format!(
-                            "{} closed the connection before responding: {error}",
+                            "upstream {} closed the connection before responding: {error}",
                             upstream.address
                         ),
                     });
@@ -221,7 +224,7 @@ impl Proxy {
                         kind: UpstreamError::Timeout,
                         status: 504,
                         detail: format!(
-                            "{} sent no response head within {:?} (--upstream-timeout)",
+                            "upstream {} sent no response head within {:?} (--upstream-timeout)",
                             upstream.address, self.response_timeout
                         ),
                     });
@@ -230,7 +233,10 @@ impl Proxy {
                     return Err(ExchangeError::Upstream {
                         kind: UpstreamError::Protocol,
                         status: 502,
-                        detail: format!("{} sent an invalid response: {reason}", upstream.address),
+                        detail: format!(
+                            "upstream {} sent an invalid response: {reason}",
+                            upstream.address
+                        ),
                     });
                 }
             }
@@ -302,7 +308,7 @@ impl Proxy {
                 self.log_failure(
                     conn,
                     &format!(
-                        "{} sent an invalid response: {reason}; answered 502",
+                        "upstream {} sent an invalid response: {reason}; answered 502",
                         upstream.address
                     ),
                 );
@@ -366,7 +372,7 @@ impl Proxy {
                 // chunk, and the connection closes.
                 self.metrics
                     .record_upstream_error(UpstreamError::BodyInterrupted);
-                self.log_failure(conn, &format!("the response body from {} broke off: {error}; closed the client connection", upstream.address));
+                self.log_failure(conn, &format!("the response body from upstream {} broke off: {error}; closed the client connection", upstream.address));
                 return Ok(Persistence::Close);
             }
             Err(RelayError::Write(error)) => return Err(error),
@@ -382,7 +388,8 @@ impl Proxy {
         })
     }
 
-    /// Answers a request whose body could not be read from the client.
+    /// Sends 400 for an invalid request body, 408 for one that stalled, and
+    /// nothing when the client is gone. The connection closes in every case.
     fn reject_body(
         &self,
         conn: &mut Conn,
@@ -399,7 +406,7 @@ impl Proxy {
             }
             _ if is_timeout(error) => Response::new(408)
                 .json_error("request_timeout", "request body not received in time"),
-            // The client closed the connection or it broke; nobody is left to answer.
+            // The client closed the connection or it failed, so no response can arrive.
             _ => return Ok(Persistence::Close),
         };
         send_own(conn, request, response, true)
@@ -408,16 +415,12 @@ impl Proxy {
     /// Logs an upstream failure at warn, at most once per 10 s with a count,
     /// and at debug otherwise.
     fn log_failure(&self, conn: &Conn, message: &str) {
-        let authority = self.upstream.authority();
         match UPSTREAM_FAILURE_LOG.check() {
             Some(suppressed) => log::warn!(
-                "upstream {authority}: {message} (request from {}; {suppressed} more upstream failures since the previous message)",
+                "{message} (request from {}; {suppressed} more upstream failures since the previous message)",
                 conn.peer
             ),
-            None => log::debug!(
-                "upstream {authority}: {message} (request from {})",
-                conn.peer
-            ),
+            None => log::debug!("{message} (request from {})", conn.peer),
         }
     }
 }
@@ -484,7 +487,7 @@ fn read_final_head(
 }
 
 /// Whether a request may be sent again after a reused connection closed
-/// without answering: the upstream may have acted on it, so only safe
+/// without a response: the upstream may have acted on it, so only safe
 /// methods without a body qualify.
 fn is_retry_safe(request: &Request<'_>) -> bool {
     !request.head.framing.has_body() && matches!(request.method(), b"GET" | b"HEAD" | b"OPTIONS")

@@ -15,7 +15,7 @@ use crate::http::request::{MAX_HEADERS_CEILING, parse_content_length};
 /// largest response head accepted.
 const READ_BUFFER_BYTES: usize = 64 * 1024;
 
-/// Longest time a connection stays in the idle pool.
+/// Maximum time a connection stays in the idle pool.
 ///
 /// NOTE: uvicorn and Node.js close idle keep-alive connections after 5 s by
 /// default, and gunicorn after 2 s. Keeping connections for 4 s covers the
@@ -29,9 +29,9 @@ const IDLE_LIFETIME: Duration = Duration::from_secs(4);
 pub struct Settings {
     /// Time allowed to connect, across all resolved addresses.
     pub connect_timeout: Duration,
-    /// Longest wait for each read or write of a body.
+    /// Maximum wait for each read or write of a body.
     pub io_timeout: Duration,
-    /// Most idle connections kept for reuse; 0 disables reuse.
+    /// Maximum number of idle connections kept; 0 disables reuse.
     pub max_idle: usize,
 }
 
@@ -156,7 +156,7 @@ pub struct ResponseHead {
     pub headers: Vec<(String, Vec<u8>)>,
 }
 
-/// How the body of an upstream response is delimited.
+/// Framing of an upstream response body.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ResponseBody {
     /// No body: a response to HEAD, or a 1xx, 204 or 304 status.

@@ -24,13 +24,13 @@ const HOP_BY_HOP: [&str; 8] = [
 /// Request fields that keygate removes and, where needed, writes afresh.
 const REPLACED_REQUEST_FIELDS: [&str; 4] = [
     "content-length",
-    // keygate answers `Expect: 100-continue` itself once the request is allowed.
+    // keygate sends `100 Continue` itself once the request is allowed.
     "expect",
     "x-forwarded-proto",
     "x-forwarded-host",
 ];
 
-/// What keygate adds to a forwarded request.
+/// Values keygate adds to a forwarded request.
 pub struct Forwarding<'a> {
     /// Address of the client connection.
     pub client: IpAddr,
@@ -147,7 +147,7 @@ pub enum ClientFraming {
     UntilClose,
 }
 
-/// How the relayed response head ends the client connection's framing.
+/// Framing and connection options of the response head relayed to the client.
 pub struct ClientHeadOptions {
     pub framing: ClientFraming,
     /// Whether keygate closes the client connection after this response.
