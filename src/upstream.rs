@@ -17,11 +17,12 @@ const READ_BUFFER_BYTES: usize = 64 * 1024;
 
 /// Maximum time a connection stays in the idle pool.
 ///
-/// NOTE: uvicorn and Node.js close idle keep-alive connections after 5 s by
-/// default, and gunicorn after 2 s. Keeping connections for 4 s covers the
-/// first two; against a shorter upstream timeout a reused connection can
-/// still close while a request is on its way, which the proxy retries only
-/// for requests that are safe to repeat.
+/// NOTE: several upstream servers close idle keep-alive connections after
+/// 5 s by default: uvicorn (`--timeout-keep-alive`), gunicorn (`keepalive`)
+/// and Node.js releases before `server.keepAliveTimeout` became 65 s.
+/// Reusing a connection for at most 4 s stays below that. An upstream with
+/// a shorter timeout can still close a connection while a request is on its
+/// way, and keygate repeats only requests that are safe to repeat.
 const IDLE_LIFETIME: Duration = Duration::from_secs(4);
 
 /// Connection settings shared by every upstream connection.
