@@ -13,6 +13,7 @@ use crate::http::conn::Limits;
 use crate::keys::{KeySet, KeyStore};
 use crate::metrics::Metrics;
 use crate::notify::Notifier;
+use crate::proxy::Proxy;
 use crate::reload::{self, ReloadStatus, Reloader};
 use crate::server::{self, ListenerContext, RunningListener};
 use crate::shutdown::Shutdown;
@@ -76,12 +77,12 @@ pub fn run(config: Config) -> Result<(), String> {
         io_timeout: config.io_timeout,
     };
     let service: Arc<dyn Service> = match &config.upstream {
-        Some(upstream) => {
-            return Err(format!(
-                "reverse-proxy mode (--upstream http://{}) is not available yet",
-                upstream.authority
-            ));
-        }
+        Some(upstream) => Arc::new(Proxy::new(
+            upstream,
+            &config,
+            Arc::clone(&keys),
+            Arc::clone(&metrics),
+        )),
         None => Arc::new(ForwardAuth {
             keys: Arc::clone(&keys),
             metrics: Arc::clone(&metrics),

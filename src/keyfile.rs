@@ -9,10 +9,6 @@ use std::io::{self, Read};
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
-/// Default maximum size of a key file in bytes (1 MiB), about 50,000 keys of
-/// 20 bytes. `--max-key-file-bytes` raises it for larger key sets.
-pub const DEFAULT_MAX_KEY_FILE_BYTES: u64 = 1 << 20;
-
 /// Contents of the key file as read at one moment.
 #[derive(Debug)]
 pub struct Snapshot {
@@ -143,6 +139,9 @@ pub fn read(path: &Path, max_bytes: u64) -> Result<Snapshot, ReadError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The default of `--max-key-file-bytes`.
+    const DEFAULT_MAX_KEY_FILE_BYTES: u64 = 1 << 20;
 
     fn temp_dir(name: &str) -> PathBuf {
         let dir =

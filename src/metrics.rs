@@ -37,14 +37,17 @@ pub struct Metrics {
 pub enum UpstreamError {
     Connect,
     Timeout,
+    /// The upstream closed or reset the connection before a response head.
+    Closed,
     Protocol,
     BodyInterrupted,
 }
 
 impl UpstreamError {
-    pub const ALL: [UpstreamError; 4] = [
+    pub const ALL: [UpstreamError; 5] = [
         UpstreamError::Connect,
         UpstreamError::Timeout,
+        UpstreamError::Closed,
         UpstreamError::Protocol,
         UpstreamError::BodyInterrupted,
     ];
@@ -53,6 +56,7 @@ impl UpstreamError {
         match self {
             UpstreamError::Connect => "connect",
             UpstreamError::Timeout => "timeout",
+            UpstreamError::Closed => "closed",
             UpstreamError::Protocol => "protocol",
             UpstreamError::BodyInterrupted => "body_interrupted",
         }

@@ -45,15 +45,6 @@ impl Notifier {
         }
     }
 
-    /// Notifier that sends nothing.
-    pub fn disabled() -> Notifier {
-        Notifier {
-            target: None,
-            watchdog_period: None,
-            last_ping: Mutex::new(Instant::now()),
-        }
-    }
-
     pub fn ready(&self) {
         self.send("READY=1");
     }

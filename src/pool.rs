@@ -103,6 +103,7 @@ impl Pool {
     }
 
     /// Number of threads running, busy or idle.
+    #[cfg(test)]
     pub fn threads(&self) -> usize {
         self.shared.lock().threads
     }

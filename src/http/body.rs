@@ -43,9 +43,7 @@ enum Kind {
         state: ChunkState,
     },
     /// The body ends when the peer closes the connection (responses only).
-    UntilClose {
-        done: bool,
-    },
+    UntilClose,
 }
 
 impl<R: BufRead> BodyReader<R> {
@@ -65,21 +63,8 @@ impl<R: BufRead> BodyReader<R> {
     pub fn until_close(inner: R) -> BodyReader<R> {
         BodyReader {
             inner,
-            kind: Kind::UntilClose { done: false },
+            kind: Kind::UntilClose,
         }
-    }
-
-    /// Returns whether the whole body has been read.
-    pub fn is_done(&self) -> bool {
-        match self.kind {
-            Kind::Length { remaining } => remaining == 0,
-            Kind::Chunked { state } => state == ChunkState::Done,
-            Kind::UntilClose { done } => done,
-        }
-    }
-
-    pub fn into_inner(self) -> R {
-        self.inner
     }
 
     fn read_chunked(&mut self, out: &mut [u8]) -> io::Result<usize> {
@@ -150,13 +135,7 @@ impl<R: BufRead> Read for BodyReader<R> {
                 Ok(read)
             }
             Kind::Chunked { .. } => self.read_chunked(out),
-            Kind::UntilClose { done } => {
-                let read = self.inner.read(out)?;
-                if read == 0 && !out.is_empty() {
-                    *done = true;
-                }
-                Ok(read)
-            }
+            Kind::UntilClose => self.inner.read(out),
         }
     }
 }
@@ -258,7 +237,6 @@ mod tests {
         let mut reader = BodyReader::new(bytes, Framing::Chunked);
         let mut out = Vec::new();
         reader.read_to_end(&mut out)?;
-        assert!(reader.is_done());
         Ok(out)
     }
 

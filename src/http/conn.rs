@@ -87,10 +87,6 @@ impl Conn {
         })
     }
 
-    pub fn stream(&self) -> &TcpStream {
-        &self.stream
-    }
-
     /// Reads the next request head.
     ///
     /// The first head must arrive within the header timeout of the accept.
@@ -175,18 +171,9 @@ impl Conn {
         }
     }
 
-    /// Returns whether unconsumed bytes are buffered, such as a pipelined request.
-    pub fn has_buffered_bytes(&self) -> bool {
-        self.end > self.start
-    }
-
     /// Switches the read timeout to the body and response timeout.
     pub fn use_io_timeout(&mut self) -> io::Result<()> {
         self.set_read_timeout(self.limits.io_timeout)
-    }
-
-    pub fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
-        self.stream.write_all(bytes)
     }
 
     /// Closes the connection after a final response, without losing the response.
@@ -260,6 +247,17 @@ impl Read for Conn {
             return Ok(count);
         }
         self.stream.read(out)
+    }
+}
+
+/// Writes response bytes straight to the socket, unbuffered.
+impl Write for Conn {
+    fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+        self.stream.write(bytes)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
     }
 }
 

@@ -185,7 +185,7 @@ pub fn parse(bytes: &[u8], max_headers: usize) -> Result<Option<Head>, HeadError
 }
 
 /// Parses a `Content-Length` value: plain decimal digits that fit in a `u64`.
-fn parse_content_length(value: &[u8]) -> Result<u64, HeadError> {
+pub fn parse_content_length(value: &[u8]) -> Result<u64, HeadError> {
     const INVALID: HeadError = HeadError::Malformed("invalid Content-Length");
 
     if value.is_empty() || !value.iter().all(u8::is_ascii_digit) {

@@ -1,6 +1,6 @@
 //! Response heads and the small fixed-body responses keygate sends itself.
 
-use std::io;
+use std::io::{self, Write};
 
 use super::conn::Conn;
 
