@@ -378,6 +378,9 @@ impl Proxy {
             Err(RelayError::Write(error)) => return Err(error),
         }
 
+        // NOTE: the connection goes back to the pool only after the client has
+        // the whole response, so a client that sends its next request on a new
+        // connection at once may find the pool empty and open another.
         if request_complete && body != ResponseBody::UntilClose && response.keeps_alive() {
             self.upstream.put_idle(upstream);
         }

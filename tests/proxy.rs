@@ -682,11 +682,17 @@ fn stale_pooled_connection_retried_when_safe() {
     };
     // After /drop-next the upstream closes the pooled connection at its
     // next request without a response; a GET is sent again on a new one.
+    // keygate returns an upstream connection to its pool just after the
+    // client has the whole response, so each step waits a moment for that.
+    let settle = || std::thread::sleep(Duration::from_millis(300));
     assert_eq!(get("/drop-next").status, 200);
+    settle();
     assert_eq!(get("/echo").status, 200);
 
     // A POST is not repeated, since the upstream may have acted on it.
+    settle();
     assert_eq!(get("/drop-next").status, 200);
+    settle();
     let raw = format!(
         "POST /echo HTTP/1.1\r\nHost: x\r\n{}Content-Length: 2\r\nConnection: close\r\n\r\nhi",
         authorization()
