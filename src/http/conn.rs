@@ -179,10 +179,14 @@ impl Conn {
     /// Closes the connection after a final response, without losing the response.
     ///
     /// Closing a socket with unread input makes the kernel send a reset,
-    /// which can destroy a response the client has not read yet. So this
-    /// sends FIN first and discards input until the client closes, bounded
-    /// in time and bytes.
-    pub fn close_lingering(mut self) {
+    /// which can destroy a response the client has not read yet. So when
+    /// the client may still be sending (`more_input`) or sent bytes that
+    /// were not consumed, this sends FIN first and discards input until the
+    /// client closes, bounded in time and bytes. Otherwise it closes at once.
+    pub fn close(mut self, more_input: bool) {
+        if !more_input && self.start == self.end {
+            return;
+        }
         if self.stream.shutdown(SocketShutdown::Write).is_err() {
             return;
         }

@@ -106,7 +106,11 @@ pub fn serve_connection(
 
         match service.respond(&mut conn, &request, guard.is_closing()) {
             Ok(Persistence::KeepAlive) if !guard.is_closing() => {}
-            Ok(_) => return conn.close_lingering(),
+            Ok(_) => {
+                // Only a declared body can still be on its way; without one,
+                // a plain close loses nothing and frees the worker at once.
+                return conn.close(request.head.framing.has_body());
+            }
             Err(error) => {
                 log::debug!(
                     "connection from {} ended while responding: {error}",
@@ -159,5 +163,5 @@ fn end_with_error(conn: Conn, error: ReadHeadError, metrics: &Metrics) {
         .json_error(code, message)
         .close(true)
         .send(&mut conn, false);
-    conn.close_lingering();
+    conn.close(true);
 }
