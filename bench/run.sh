@@ -38,6 +38,9 @@ port_keygate=39102
 port_admin=39103
 port_front=39104
 port_static=39105
+port_alone=39106
+port_proxy=39107
+port_front_nginx=39108
 
 for tool in wrk nginx python3 curl; do
   if ! command -v "$tool" >/dev/null; then
@@ -212,10 +215,13 @@ section_close() {
 }
 
 section_auth_request() {
+  # Both servers answer with the same small file. `return` would run before
+  # the access phase and skip auth_request, so the content comes from try_files.
   start_nginx front <<EOF
   upstream keygate { server 127.0.0.1:$port_keygate; keepalive 64; }
   server {
     listen 127.0.0.1:$port_front;
+    root $work/static;
     location = /_auth {
       internal;
       proxy_pass http://keygate;
@@ -224,15 +230,41 @@ section_auth_request() {
       proxy_pass_request_body off;
       proxy_set_header Content-Length "";
     }
-    location / { auth_request /_auth; return 200; }
+    location / { auth_request /_auth; try_files /small.txt =404; }
+  }
+  # The same front with nginx itself as the auth server, for comparison.
+  upstream nginx_decision { server 127.0.0.1:$port_nginx; keepalive 64; }
+  server {
+    listen 127.0.0.1:$port_front_nginx;
+    root $work/static;
+    location = /_auth {
+      internal;
+      proxy_pass http://nginx_decision;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_pass_request_body off;
+      proxy_set_header Content-Length "";
+    }
+    location / { auth_request /_auth; try_files /small.txt =404; }
+  }
+  server {
+    listen 127.0.0.1:$port_alone;
+    root $work/static;
+    location / {
+      if (\$http_authorization != "Bearer $key") { return 401; }
+      try_files /small.txt =404;
+    }
   }
 EOF
   wait_for_port "$port_front"
+  wait_for_port "$port_alone"
   wait_for_file "$work/nginx-front.pid"
   for connections in 1 16 64; do
     for repetition in $(seq "$repetitions"); do
-      measure auth_request nginx-alone "$connections" valid "$repetition" "http://127.0.0.1:$port_nginx/" \
-        "$(system_pids nginx decide)" -H "Authorization: Bearer $key"
+      measure auth_request nginx-alone "$connections" valid "$repetition" "http://127.0.0.1:$port_alone/" \
+        "$(system_pids nginx front)" -H "Authorization: Bearer $key"
+      measure auth_request nginx+nginx-auth "$connections" valid "$repetition" "http://127.0.0.1:$port_front_nginx/" \
+        "$(system_pids nginx front) $(system_pids nginx decide)" -H "Authorization: Bearer $key"
       measure auth_request nginx+keygate "$connections" valid "$repetition" "http://127.0.0.1:$port_front/" \
         "$(system_pids nginx front) $keygate_pid" -H "Authorization: Bearer $key"
     done
@@ -244,19 +276,20 @@ section_proxy() {
   upstream static { server 127.0.0.1:$port_static; keepalive 64; }
   server { listen 127.0.0.1:$port_static; root $work/static; }
   server {
-    listen 127.0.0.1:$port_front;
+    listen 127.0.0.1:$port_proxy;
     location / { proxy_pass http://static; proxy_http_version 1.1; proxy_set_header Connection ""; }
   }
 EOF
   wait_for_port "$port_static"
   wait_for_file "$work/nginx-static.pid"
   stop_keygate
-  start_keygate "$work/keys" --upstream "http://127.0.0.1:$port_static"
+  # As many idle upstream connections as nginx keeps for proxy_pass above.
+  start_keygate "$work/keys" --upstream "http://127.0.0.1:$port_static" --upstream-max-idle 64
   for connections in 1 16 64; do
     for repetition in $(seq "$repetitions"); do
       measure proxy direct "$connections" small "$repetition" "http://127.0.0.1:$port_static/small.txt" \
         "$(system_pids nginx static)" -H "Authorization: Bearer $key"
-      measure proxy nginx-proxy_pass "$connections" small "$repetition" "http://127.0.0.1:$port_front/small.txt" \
+      measure proxy nginx-proxy_pass "$connections" small "$repetition" "http://127.0.0.1:$port_proxy/small.txt" \
         "$(system_pids nginx static)" -H "Authorization: Bearer $key"
       measure proxy keygate-proxy "$connections" small "$repetition" "http://127.0.0.1:$port_keygate/small.txt" \
         "$(system_pids nginx static) $keygate_pid" -H "Authorization: Bearer $key"

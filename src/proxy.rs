@@ -24,7 +24,7 @@ use crate::upstream::{
     self, ReadHeadError, ResponseBody, ResponseHead, UpstreamConn, UpstreamPool,
 };
 use headers::{ClientFraming, ClientHeadOptions, Forwarding};
-use relay::{Encoding, Relay, RelayError};
+use relay::{Encoding, Relay, RelayError, RelayPool};
 
 static UPSTREAM_FAILURE_LOG: LogLimiter = LogLimiter::new(Duration::from_secs(10));
 
@@ -38,6 +38,7 @@ pub struct Proxy {
     /// Time the upstream gets to send its response head, counted from the
     /// end of the forwarded request.
     response_timeout: Duration,
+    relays: RelayPool,
 }
 
 /// Failure that ends an exchange before a response head arrived.
@@ -83,6 +84,7 @@ impl Proxy {
             key_id_header: config.key_id_header.clone(),
             pass_authorization: config.pass_authorization,
             response_timeout: config.upstream_timeout,
+            relays: RelayPool::default(),
         }
     }
 
@@ -102,7 +104,7 @@ impl Proxy {
             fallback_host: self.upstream.authority(),
         };
         let upstream_head = headers::upstream_request_head(request, &forwarding);
-        let mut relay = Relay::new();
+        let mut relay = self.relays.take();
 
         let exchange = match self.exchange(conn, request, &upstream_head, &mut relay) {
             Ok(exchange) => exchange,

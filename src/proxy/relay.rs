@@ -2,6 +2,8 @@
 //! re-encoded for the receiving side, through one fixed-size buffer.
 
 use std::io::{self, Read, Write};
+use std::ops::{Deref, DerefMut};
+use std::sync::{Mutex, MutexGuard};
 
 /// Body bytes moved per read and write.
 pub const BODY_BUFFER_BYTES: usize = 64 * 1024;
@@ -27,6 +29,66 @@ pub enum RelayError {
     Read(io::Error),
     /// Writing to the destination failed.
     Write(io::Error),
+}
+
+/// Relay buffers kept for reuse between requests, so that a request does
+/// not allocate and zero a fresh buffer. Concurrent requests take distinct
+/// buffers; at most [`MAX_POOLED_RELAYS`] stay pooled.
+#[derive(Default)]
+pub struct RelayPool {
+    idle: Mutex<Vec<Relay>>,
+}
+
+/// Maximum number of idle relay buffers a pool keeps.
+const MAX_POOLED_RELAYS: usize = 64;
+
+impl RelayPool {
+    /// Takes a pooled buffer, or allocates one when none is idle.
+    pub fn take(&self) -> PooledRelay<'_> {
+        let relay = self.lock().pop().unwrap_or_else(Relay::new);
+        PooledRelay {
+            relay: Some(relay),
+            pool: self,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Vec<Relay>> {
+        self.idle
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+    }
+}
+
+/// Relay buffer borrowed from a [`RelayPool`]; dropping it returns it.
+pub struct PooledRelay<'a> {
+    relay: Option<Relay>,
+    pool: &'a RelayPool,
+}
+
+impl Deref for PooledRelay<'_> {
+    type Target = Relay;
+
+    fn deref(&self) -> &Relay {
+        self.relay.as_ref().expect("relay present until drop")
+    }
+}
+
+impl DerefMut for PooledRelay<'_> {
+    fn deref_mut(&mut self) -> &mut Relay {
+        self.relay.as_mut().expect("relay present until drop")
+    }
+}
+
+impl Drop for PooledRelay<'_> {
+    fn drop(&mut self) {
+        let Some(relay) = self.relay.take() else {
+            return;
+        };
+        let mut idle = self.pool.lock();
+        if idle.len() < MAX_POOLED_RELAYS {
+            idle.push(relay);
+        }
+    }
 }
 
 /// Reusable buffer for relaying bodies with bounded memory.
