@@ -57,7 +57,7 @@ pub fn keys_id(input: &mut dyn Read) -> Result<KeyId, String> {
         .read_to_end(&mut bytes)
         .map_err(|error| format!("cannot read the key from standard input: {error}"))?;
     let parsed = keys::parse_key_file(&bytes, 1);
-    let [key] = parsed.keys.as_slice() else {
+    let [(_, id)] = parsed.keys.as_slice() else {
         return Err(format!(
             "expected exactly one key on standard input, found {}; try: printf %s \"$KEY\" | keygate keys id",
             parsed.keys.len()
@@ -66,7 +66,7 @@ pub fn keys_id(input: &mut dyn Read) -> Result<KeyId, String> {
     if let Some((_, reason)) = parsed.skipped().next() {
         return Err(format!("the input is not a valid key: {reason}"));
     }
-    Ok(key.id())
+    Ok(id.clone())
 }
 
 /// Requests the health URL and succeeds only on a 200 within the timeout.

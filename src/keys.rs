@@ -138,8 +138,8 @@ pub enum LineOutcome {
 /// Key file parsed with the daemon's rules.
 #[derive(Debug)]
 pub struct ParsedKeyFile {
-    /// Distinct valid keys in file order.
-    pub keys: Vec<SecretKey>,
+    /// Distinct valid keys in file order, with their ids.
+    pub keys: Vec<(SecretKey, KeyId)>,
     /// Outcome of each line, 1-based line `n` at index `n - 1`.
     pub lines: Vec<LineOutcome>,
 }
@@ -189,7 +189,7 @@ pub fn parse_key_file(bytes: &[u8], min_key_length: usize) -> ParsedKeyFile {
                     let key = SecretKey::new(line);
                     let id = key.id();
                     if seen.insert(key.clone()) {
-                        keys.push(key);
+                        keys.push((key, id.clone()));
                         LineOutcome::Key(id)
                     } else {
                         LineOutcome::Duplicate(id)
@@ -252,9 +252,9 @@ pub struct KeySet {
 }
 
 impl KeySet {
-    /// Builds a set from parsed keys, carrying over the usage counters of
-    /// keys that `previous` already has.
-    pub fn build(keys: Vec<SecretKey>, previous: &KeySet) -> KeySet {
+    /// Builds a set from parsed keys and their ids, carrying over the usage
+    /// counters of keys that `previous` already has.
+    pub fn build(keys: Vec<(SecretKey, KeyId)>, previous: &KeySet) -> KeySet {
         let previous_usage: HashMap<&KeyId, &Arc<KeyUsage>> = previous
             .entries
             .values()
@@ -262,8 +262,7 @@ impl KeySet {
             .collect();
 
         let mut entries = HashMap::with_capacity(keys.len());
-        for key in keys {
-            let id = key.id();
+        for (key, id) in keys {
             let usage = previous_usage
                 .get(&id)
                 .map(|usage| Arc::clone(usage))
@@ -369,7 +368,8 @@ mod tests {
     fn parse_strips_bom_and_trims() {
         let parsed = parse_key_file(b"\xEF\xBB\xBF  aaaaaaaaaaaaaaaa\t\r\n", 16);
         assert_eq!(parsed.keys.len(), 1);
-        assert_eq!(parsed.keys[0], SecretKey::new(b"aaaaaaaaaaaaaaaa"));
+        assert_eq!(parsed.keys[0].0, SecretKey::new(b"aaaaaaaaaaaaaaaa"));
+        assert_eq!(parsed.keys[0].1, KeyId::of(b"aaaaaaaaaaaaaaaa"));
     }
 
     #[test]
@@ -427,7 +427,7 @@ mod tests {
     #[test]
     fn parse_keeps_opaque_characters() {
         let parsed = parse_key_file(b"abc=def:ghi+jkl/mno==\n", 16);
-        assert_eq!(parsed.keys, vec![SecretKey::new(b"abc=def:ghi+jkl/mno==")]);
+        assert_eq!(parsed.keys[0].0, SecretKey::new(b"abc=def:ghi+jkl/mno=="));
     }
 
     #[test]
@@ -445,7 +445,7 @@ mod tests {
     #[test]
     fn key_set_find_and_usage_carry_over() {
         let first = KeySet::build(
-            vec![SecretKey::new(b"aaaaaaaaaaaaaaaa")],
+            parse_key_file(b"aaaaaaaaaaaaaaaa", 16).keys,
             &KeySet::default(),
         );
         let entry = first.find(b"aaaaaaaaaaaaaaaa").expect("key present");
@@ -453,10 +453,7 @@ mod tests {
         assert!(first.find(b"aaaaaaaaaaaaaaab").is_none());
 
         let second = KeySet::build(
-            vec![
-                SecretKey::new(b"aaaaaaaaaaaaaaaa"),
-                SecretKey::new(b"bbbbbbbbbbbbbbbb"),
-            ],
+            parse_key_file(b"aaaaaaaaaaaaaaaa\nbbbbbbbbbbbbbbbb\n", 16).keys,
             &first,
         );
         let carried = second.find(b"aaaaaaaaaaaaaaaa").expect("key still present");

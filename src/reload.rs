@@ -343,7 +343,7 @@ fn log_skipped_lines(settings: &Settings, parsed: &ParsedKeyFile) {
     let short = parsed
         .keys
         .iter()
-        .filter(|key| key.len() < keys::RECOMMENDED_KEY_LENGTH)
+        .filter(|(key, _)| key.len() < keys::RECOMMENDED_KEY_LENGTH)
         .count();
     if short > 0 {
         log::warn!(
