@@ -5,7 +5,7 @@
 # Sections: keepalive close auth_request proxy resources keys (default: all).
 #
 # The systems under test are interleaved in every repetition (nginx, keygate,
-# nginx, keygate, ...) because a shared machine drifts; the summary reports
+# nginx, keygate, ...) because a shared machine drifts. The summary reports
 # the median with the min-max range. Results go to bench/results/ as TSV and
 # Markdown. --smoke runs every section briefly to keep the harness working.
 set -euo pipefail
@@ -215,7 +215,7 @@ section_close() {
 }
 
 section_auth_request() {
-  # Both servers answer with the same small file. `return` would run before
+  # Both servers respond with the same small file. `return` would run before
   # the access phase and skip auth_request, so the content comes from try_files.
   start_nginx front <<EOF
   upstream keygate { server 127.0.0.1:$port_keygate; keepalive 64; }

@@ -24,7 +24,8 @@ fn valid_key_allowed_with_key_id() {
     assert_eq!(response.status, 200);
     assert!(response.body.is_empty());
     let id = response.header("X-Keygate-Key-Id").expect("key id header");
-    assert!(id.starts_with("sha256:") && id.len() == 23, "{id}");
+    assert!(id.starts_with("sha256:"), "{id}");
+    assert_eq!(id.len(), 23, "{id}");
     keygate.assert_no_key_in_logs();
 }
 

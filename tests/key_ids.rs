@@ -36,7 +36,8 @@ fn keys_id_matches_header_and_metrics() {
     let keygate = Keygate::start(&keys, FAST_POLL);
 
     let id_a = key_id(KEY_A);
-    assert!(id_a.starts_with("sha256:") && id_a.len() == 23, "{id_a}");
+    assert!(id_a.starts_with("sha256:"), "{id_a}");
+    assert_eq!(id_a.len(), 23, "{id_a}");
     assert!(!id_a.contains(KEY_A));
 
     let raw =
@@ -72,7 +73,8 @@ fn keys_id_matches_header_and_metrics() {
         "{metrics}"
     );
     assert!(metrics.contains("keygate_keys 2"), "{metrics}");
-    assert!(!metrics.contains(KEY_A) && !metrics.contains(KEY_B));
+    assert!(!metrics.contains(KEY_A));
+    assert!(!metrics.contains(KEY_B));
 
     let readyz = exchange(
         keygate.admin(),
@@ -201,7 +203,7 @@ fn short_key_warns() {
     assert!(!keygate.logs().contains("sixteen-byte-key"));
 }
 
-/// A Secret mounted with `subPath` is a bind mount of one file; when the
+/// A Secret mounted with `subPath` is a bind mount of one file. When the
 /// kubelet updates the Secret, the old file is unlinked but stays mounted.
 #[test]
 fn bind_mounted_file_warns_mount_and_unlink() {

@@ -133,8 +133,8 @@ fn busy_port_exits_1_naming_it() {
     let dir = TempDir::new("busy");
     let keys = dir.join("keys");
     write_keys(&keys, &[KEY_A]);
-    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let address = taken.local_addr().unwrap().to_string();
+    let occupied = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = occupied.local_addr().unwrap().to_string();
     let (code, stderr, _) = run_to_exit(
         &["--key-file", keys.to_str().unwrap(), "--listen", &address],
         &[],

@@ -31,7 +31,7 @@ fn assert_switched(keygate: &Keygate, allowed: &str, denied: &str) {
 }
 
 /// Kubernetes Secret volume as the kubelet's atomic writer lays it out:
-/// `..TIMESTAMP/keys` holds the data, `..data` links to the current
+/// `..TIMESTAMP/keys` contains the data, `..data` links to the current
 /// timestamped directory, and `keys` links through `..data`.
 struct SecretVolume {
     dir: PathBuf,

@@ -193,7 +193,7 @@ fn address_after(line: &str, marker: &str) -> Option<SocketAddr> {
     rest[..end].trim().parse().ok()
 }
 
-/// Polls `condition` every 20 ms until it holds or `timeout` passes.
+/// Polls `condition` every 20 ms until it is true or `timeout` passes.
 pub fn wait_until(timeout: Duration, mut condition: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + timeout;
     loop {
@@ -290,7 +290,7 @@ pub fn status_with_key(address: SocketAddr, key: Option<&str>) -> u16 {
     exchange(address, raw.as_bytes()).map_or(0, |response| response.status)
 }
 
-/// Whether `status` is seen for `key` within `timeout`.
+/// Returns whether a request with `key` gets `status` within `timeout`.
 pub fn eventually_status(
     address: SocketAddr,
     key: Option<&str>,
