@@ -3,26 +3,7 @@
 //! `main` only maps the result of [`run`] to an exit status: 0 on success,
 //! 1 when the daemon or a subcommand fails, 2 for a usage error.
 
-// TODO: remove once reverse-proxy mode uses the body decoders and upstream settings.
-#![allow(dead_code)]
-
-mod admin;
-mod auth;
-mod commands;
-mod config;
-mod daemon;
-mod forward;
-mod http;
-mod keyfile;
-mod keys;
-mod metrics;
-mod notify;
-mod pool;
-mod ratelimit;
-mod reload;
-mod server;
-mod shutdown;
-mod signals;
+use keygate::{commands, config, daemon};
 
 use std::io::Write;
 use std::process::ExitCode;
