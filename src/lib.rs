@@ -1,8 +1,9 @@
 //! keygate's modules as a library, so that the binary in `main.rs` and the
 //! fuzz targets in `fuzz/` share one module tree.
 //!
-//! The modules that `main.rs` or a fuzz target uses are public; the rest
-//! stay private. This is no stable API: keygate is published as a binary.
+//! The modules that `main.rs` or a fuzz target uses are public, and the
+//! rest stay private. They are no stable API, because keygate ships as a
+//! binary only.
 
 // TODO: remove once reverse-proxy mode uses the body decoders and upstream settings.
 #![allow(dead_code)]
