@@ -290,8 +290,8 @@ fn connection_flood_past_cap_gets_503() {
     let pid = keygate.pid();
 
     let mut held: Vec<TcpStream> = (0..2 * CAP).map(|_| connect(keygate.auth)).collect();
-    // The accept thread sends its 503s in accept order, so once one more connection
-    // gets its 503, every earlier rejection has been sent.
+    // The accept thread sends its 503s in accept order, so once one more
+    // connection gets its 503, every earlier rejection has been sent.
     let mut probe = connect(keygate.auth);
     let response = read_response(&mut probe, false).expect("probe past the cap: no response");
     assert_eq!(response.status, 503);
@@ -481,6 +481,14 @@ fn ambiguous_framing_rejected() {
         (
             "bare CR in header value",
             format!("GET / HTTP/1.1\r\nX-A: a\rAuthorization: Bearer {KEY_A}\r\n\r\n").into_bytes(),
+        ),
+        (
+            "NUL in header value",
+            format!("GET / HTTP/1.1\r\n{key}X-A: a\0b\r\n\r\n").into_bytes(),
+        ),
+        (
+            "space inside header name",
+            format!("GET / HTTP/1.1\r\n{key}X A: b\r\n\r\n").into_bytes(),
         ),
         (
             "bare LF line endings",
