@@ -634,6 +634,10 @@ fn unread_pipeline_holds_one_worker() {
     });
     let sent = flood.join().unwrap();
     assert!(sent > 0, "no request could be sent");
+    assert!(
+        sent < REQUESTS,
+        "keygate read all {REQUESTS} requests although the client never read a response"
+    );
 
     // With a cap of 4, three clients served at the same time fit only if
     // the pipelining client occupies a single worker.
