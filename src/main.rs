@@ -3,25 +3,7 @@
 //! `main` only maps the result of [`run`] to an exit status: 0 on success,
 //! 1 when the daemon or a subcommand fails, 2 for a usage error.
 
-mod admin;
-mod auth;
-mod commands;
-mod config;
-mod daemon;
-mod forward;
-mod http;
-mod keyfile;
-mod keys;
-mod metrics;
-mod notify;
-mod pool;
-mod proxy;
-mod ratelimit;
-mod reload;
-mod server;
-mod shutdown;
-mod signals;
-mod upstream;
+use keygate::{commands, config, daemon};
 
 use std::io::Write;
 use std::process::ExitCode;
