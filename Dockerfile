@@ -1,0 +1,47 @@
+# syntax=docker/dockerfile:1
+#
+# keygate container image: a static binary on a distroless base, run as the
+# non-root uid 65532 with no shell.
+#
+#   docker build -t keygate .
+#
+# The final stage is gcr.io/distroless/static with a musl build, chosen over
+# gcr.io/distroless/cc with a glibc build for name resolution. A static musl
+# binary resolves host names by reading /etc/hosts and /etc/resolv.conf itself,
+# and the container runtime (Docker, the kubelet) mounts both files, so an
+# `--upstream http://app:9000` name works with nothing else in the image. A
+# glibc binary goes through NSS instead: that needs /etc/nsswitch.conf and,
+# on glibc older than 2.34, libnss_dns/libnss_files loaded at run time, which
+# ties correct resolution to the exact contents of the cc image. With musl
+# there is one file in the final stage, and tests/container.rs runs that same
+# layout (the binary alone in an empty root, as uid 65532) on every test run.
+
+# NOTE: the target triple names the build machine's architecture. On an
+# arm64 builder pass --build-arg RUST_TARGET=aarch64-unknown-linux-musl.
+ARG RUST_TARGET=x86_64-unknown-linux-musl
+
+FROM docker.io/library/rust:1.85-bookworm AS build
+ARG RUST_TARGET
+WORKDIR /src
+# Rust's musl targets ship their own C runtime and libc, so the Debian image's
+# gcc can link a fully static binary without musl-tools.
+RUN rustup target add "${RUST_TARGET}"
+COPY Cargo.toml Cargo.lock ./
+COPY src ./src
+RUN cargo build --release --locked --target "${RUST_TARGET}" \
+    && cp "target/${RUST_TARGET}/release/keygate" /keygate
+
+FROM gcr.io/distroless/static-debian12:nonroot
+COPY --from=build /keygate /keygate
+# keygate's own default is 127.0.0.1, which nothing outside the container
+# can reach. `keygate healthcheck` maps 0.0.0.0 back to 127.0.0.1.
+ENV KEYGATE_LISTEN=0.0.0.0:8080 \
+    KEYGATE_ADMIN_LISTEN=0.0.0.0:8081
+EXPOSE 8080 8081
+# A numeric user, not the name "nonroot", so that Kubernetes' runAsNonRoot can
+# verify it without reading /etc/passwd from the image.
+USER 65532:65532
+# Docker runs this; Kubernetes ignores HEALTHCHECK and uses the pod's probes.
+HEALTHCHECK --interval=15s --timeout=5s --start-period=5s --retries=3 \
+    CMD ["/keygate", "healthcheck"]
+ENTRYPOINT ["/keygate"]
