@@ -10,11 +10,13 @@
 # binary resolves host names by reading /etc/hosts and /etc/resolv.conf itself,
 # and the container runtime (Docker, the kubelet) mounts both files, so an
 # `--upstream http://app:9000` name works with nothing else in the image. A
-# glibc binary goes through NSS instead: that needs /etc/nsswitch.conf and,
-# on glibc older than 2.34, libnss_dns/libnss_files loaded at run time, which
-# ties correct resolution to the exact contents of the cc image. With musl
-# there is one file in the final stage, and tests/container.rs runs that same
-# layout (the binary alone in an empty root, as uid 65532) on every test run.
+# glibc binary resolves through NSS instead, which reads /etc/nsswitch.conf and
+# can load libnss_* modules at run time, so its behavior depends on files the
+# cc image may or may not ship. With musl the final stage holds one file, and
+# tests/container.rs runs that same layout (the binary alone in an empty root,
+# as uid 65532) on every test run.
+# NOTE: the contents of the distroless images were not inspected here, because
+# no image can be pulled on the machines that run the tests.
 
 # NOTE: the target triple names the build machine's architecture. On an
 # arm64 builder pass --build-arg RUST_TARGET=aarch64-unknown-linux-musl.
