@@ -324,6 +324,26 @@ fn gateway_config_allows_and_denies() {
     keygate.assert_no_key_in_logs();
 }
 
+#[test]
+fn check_script_passes_shellcheck() {
+    if !have_tool(
+        "shellcheck",
+        &["--version"],
+        "install it with apt-get install shellcheck",
+    ) {
+        return;
+    }
+    let output = Command::new("shellcheck")
+        .arg(repository().join("deploy/check.sh"))
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "shellcheck:\n{}",
+        describe(&output)
+    );
+}
+
 fn check_script() -> Command {
     let mut command = Command::new("bash");
     command

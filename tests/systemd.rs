@@ -280,6 +280,11 @@ fn unit_file_passes_verify() {
     let unit = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/systemd/keygate.service");
     let text = std::fs::read_to_string(&unit).unwrap();
     assert!(text.contains("\nExecStart=/usr/local/bin/keygate\n"));
+    assert!(text.contains("\nType=notify-reload\n"));
+    assert!(
+        text.contains("#   ExecReload=/bin/kill -HUP $MAINPID\n"),
+        "fallback for systemd < 253"
+    );
     let dir = TempDir::new("unit");
     let copy = dir.join("keygate.service");
     std::fs::write(
@@ -330,4 +335,48 @@ fn systemd_version() -> u32 {
         .nth(1)
         .and_then(|version| version.parse().ok())
         .unwrap_or_else(|| panic!("cannot read the systemd version from {text:?}"))
+}
+
+/// The example environment file starts keygate unchanged, once the key
+/// file and the listen addresses point at test values.
+#[test]
+fn env_file_example_starts() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/systemd/keygate.env");
+    let text = std::fs::read_to_string(path).unwrap();
+    let dir = TempDir::new("env-file");
+    let keys = dir.join("keys");
+    write_keys(&keys, &[KEY_A]);
+
+    let mut command = Command::new(KEYGATE);
+    command
+        .env_clear()
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let mut names = Vec::new();
+    for line in text.lines().map(str::trim) {
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let (name, value) = line
+            .split_once('=')
+            .unwrap_or_else(|| panic!("not NAME=VALUE: {line:?}"));
+        names.push(name.to_string());
+        command.env(name, value);
+    }
+    for name in ["KEYGATE_KEY_FILE", "KEYGATE_LISTEN", "KEYGATE_ADMIN_LISTEN"] {
+        assert!(
+            names.iter().any(|set| set == name),
+            "keygate.env sets {name}"
+        );
+    }
+    command
+        .env("KEYGATE_KEY_FILE", &keys)
+        .env("KEYGATE_LISTEN", "127.0.0.1:0")
+        .env("KEYGATE_ADMIN_LISTEN", "127.0.0.1:0")
+        .env("RUST_LOG", "debug");
+    let keygate = Keygate::spawn(command);
+
+    assert_eq!(status_with_key(keygate.auth, Some(KEY_A)), 200);
+    assert_eq!(status_with_key(keygate.auth, None), 401);
 }
