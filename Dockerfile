@@ -36,7 +36,9 @@ RUN cargo build --release --locked --target "${RUST_TARGET}" \
 FROM gcr.io/distroless/static-debian12:nonroot
 COPY --from=build /keygate /keygate
 # keygate's own default is 127.0.0.1, which nothing outside the container
-# can reach. `keygate healthcheck` maps 0.0.0.0 back to 127.0.0.1.
+# can reach. `keygate healthcheck` reads KEYGATE_ADMIN_LISTEN and maps 0.0.0.0
+# to 127.0.0.1, so move the admin port with this variable, not with the
+# --admin-listen flag. For IPv6 use [::]:8080 and [::]:8081.
 ENV KEYGATE_LISTEN=0.0.0.0:8080 \
     KEYGATE_ADMIN_LISTEN=0.0.0.0:8081
 EXPOSE 8080 8081
