@@ -79,12 +79,23 @@ pub fn healthcheck(check: &Healthcheck) -> Result<(), String> {
         .next()
         .ok_or_else(|| format!("{authority} resolved to no address"))?;
 
-    let status = request_status(address, authority, path, deadline)
-        .map_err(|error| format!("health check of {} failed: {error}", check.url))?;
+    let status = request_status(address, authority, path, deadline).map_err(|error| {
+        if matches!(error.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) {
+            format!(
+                "health check of {} timed out after {:?}; the daemon accepted no request or sent no status line",
+                check.url, check.timeout
+            )
+        } else {
+            format!("health check of {} failed: {error}", check.url)
+        }
+    })?;
     if status == 200 {
         Ok(())
     } else {
-        Err(format!("health check of {} answered {status}", check.url))
+        Err(format!(
+            "health check of {} returned status {status}",
+            check.url
+        ))
     }
 }
 

@@ -776,7 +776,7 @@ impl Nginx {
         let port = closed_port();
         let root = dir.path().display();
         let config = format!(
-            "daemon off;\nworker_processes 1;\nerror_log {root}/error.log;\npid {root}/nginx.pid;\n\
+            "daemon off;\nmaster_process off;\nworker_processes 1;\nerror_log {root}/error.log;\npid {root}/nginx.pid;\n\
 events {{ worker_connections 64; }}\n\
 http {{\n  access_log off;\n  client_body_temp_path {root}/client_body;\n  proxy_temp_path {root}/proxy;\n\
   fastcgi_temp_path {root}/fastcgi;\n  uwsgi_temp_path {root}/uwsgi;\n  scgi_temp_path {root}/scgi;\n\
