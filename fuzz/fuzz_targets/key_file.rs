@@ -18,7 +18,8 @@ fuzz_target!(|data: &[u8]| {
         .count();
     assert_eq!(new_keys, parsed.keys.len());
     assert!(parsed.lines.len() <= data.iter().filter(|&&b| b == b'\n').count() + 1);
-    for key in &parsed.keys {
+    for (key, id) in &parsed.keys {
         assert!((MIN_KEY_LENGTH..=keys::MAX_KEY_LENGTH).contains(&key.len()));
+        assert_eq!(*id, key.id());
     }
 });

@@ -67,6 +67,17 @@ impl<R: BufRead> BodyReader<R> {
         }
     }
 
+    /// Returns whether a length-delimited or chunked body has been read to
+    /// its end. A body delimited by the end of the connection never reports
+    /// done, because only the caller sees the end of the connection.
+    pub fn is_done(&self) -> bool {
+        match self.kind {
+            Kind::Length { remaining } => remaining == 0,
+            Kind::Chunked { state } => state == ChunkState::Done,
+            Kind::UntilClose => false,
+        }
+    }
+
     fn read_chunked(&mut self, out: &mut [u8]) -> io::Result<usize> {
         loop {
             let Kind::Chunked { state } = &mut self.kind else {
