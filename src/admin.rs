@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use crate::http::conn::Conn;
 use crate::http::response::{Response, json_escape};
-use crate::http::{Persistence, Request, Service};
+use crate::http::{Persistence, Request, Service, send_response};
 use crate::keys::KeyStore;
 use crate::metrics::Metrics;
 use crate::reload::ReloadStatus;
@@ -80,7 +80,7 @@ impl Service for Admin {
         request: &Request<'_>,
         closing: bool,
     ) -> io::Result<Persistence> {
-        let close = closing || !request.head.keep_alive || request.head.framing.has_body();
+        let close = closing || request.head.framing.has_body();
         let path = request
             .target()
             .split(|&b| b == b'?')
@@ -104,15 +104,11 @@ impl Service for Admin {
             }
         };
 
-        response
-            .header("Cache-Control", "no-store")
-            .omit_body(request.is_head())
-            .close(close)
-            .send(conn, !close && request.needs_keep_alive_header())?;
-        Ok(if close {
-            Persistence::Close
-        } else {
-            Persistence::KeepAlive
-        })
+        send_response(
+            conn,
+            request,
+            response.header("Cache-Control", "no-store"),
+            close,
+        )
     }
 }

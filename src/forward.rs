@@ -12,7 +12,7 @@ use std::time::Duration;
 use crate::auth::{self, Decision};
 use crate::http::conn::Conn;
 use crate::http::response::Response;
-use crate::http::{Persistence, Request, Service};
+use crate::http::{Persistence, Request, Service, send_response};
 use crate::keys::KeyStore;
 use crate::metrics::Metrics;
 use crate::ratelimit::LogLimiter;
@@ -38,7 +38,7 @@ impl Service for ForwardAuth {
         // nginx `auth_request` sends the client's Content-Length without the
         // body, so waiting for it would hang. The connection closes instead,
         // because unread body bytes cannot be distinguished from the next request.
-        let close = closing || !request.head.keep_alive || request.head.framing.has_body();
+        let close = closing || request.head.framing.has_body();
 
         let response = match auth::decide(request, &self.keys) {
             Decision::Allow(entry) => {
@@ -57,15 +57,7 @@ impl Service for ForwardAuth {
             }
         };
 
-        response
-            .omit_body(request.is_head())
-            .close(close)
-            .send(conn, !close && request.needs_keep_alive_header())?;
-        Ok(if close {
-            Persistence::Close
-        } else {
-            Persistence::KeepAlive
-        })
+        send_response(conn, request, response, close)
     }
 }
 

@@ -16,7 +16,7 @@ use crate::http::body::BodyReader;
 use crate::http::conn::{Conn, is_timeout};
 use crate::http::request::{Framing, Version};
 use crate::http::response::Response;
-use crate::http::{Persistence, Request, Service};
+use crate::http::{Persistence, Request, Service, send_response};
 use crate::keys::KeyStore;
 use crate::metrics::{Metrics, UpstreamError};
 use crate::ratelimit::LogLimiter;
@@ -126,7 +126,7 @@ impl Proxy {
                 // The request body may still be unread, so only a request
                 // without one leaves the connection usable.
                 let close = closing || request.head.framing.has_body();
-                return send_own(conn, request, response, close);
+                return send_response(conn, request, response, close);
             }
             Err(ExchangeError::ClientBody(error)) => {
                 return self.reject_body(conn, request, &error);
@@ -318,7 +318,7 @@ impl Proxy {
                     "bad_gateway",
                     "the upstream service sent an invalid response",
                 );
-                return send_own(conn, request, response, closing || !request_complete);
+                return send_response(conn, request, response, closing || !request_complete);
             }
         };
         self.metrics
@@ -414,7 +414,7 @@ impl Proxy {
             // The client closed the connection or it failed, so no response can arrive.
             _ => return Ok(Persistence::Close),
         };
-        send_own(conn, request, response, true)
+        send_response(conn, request, response, true)
     }
 
     /// Logs an upstream failure at warn, at most once per 10 s with a count,
@@ -445,7 +445,7 @@ impl Service for Proxy {
                         "method_not_allowed",
                         "keygate does not tunnel CONNECT requests",
                     );
-                    return send_own(conn, request, response, true);
+                    return send_response(conn, request, response, true);
                 }
                 self.forward(conn, request, entry.id.as_str(), closing)
             }
@@ -458,7 +458,7 @@ impl Service for Proxy {
                 // The body of a denied request is never read, so the connection
                 // cannot serve another request after it.
                 let close = closing || request.head.framing.has_body();
-                send_own(
+                send_response(
                     conn,
                     request,
                     forward::denial(reason, token_presented),
@@ -506,23 +506,4 @@ fn describe_failure(kind: UpstreamError) -> &'static str {
         UpstreamError::Protocol => "sent an invalid response",
         UpstreamError::BodyInterrupted => "broke off its response",
     }
-}
-
-/// Sends a response keygate makes itself, such as a denial or a 502.
-fn send_own(
-    conn: &mut Conn,
-    request: &Request<'_>,
-    response: Response,
-    close: bool,
-) -> io::Result<Persistence> {
-    let close = close || !request.head.keep_alive;
-    response
-        .omit_body(request.is_head())
-        .close(close)
-        .send(conn, !close && request.needs_keep_alive_header())?;
-    Ok(if close {
-        Persistence::Close
-    } else {
-        Persistence::KeepAlive
-    })
 }

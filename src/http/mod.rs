@@ -64,6 +64,29 @@ impl Request<'_> {
     }
 }
 
+/// Sends a complete response that keygate built itself and returns whether
+/// the connection stays open.
+///
+/// The connection closes when `close` is set or the client asked for it. A
+/// HEAD request gets the headers without the body.
+pub fn send_response(
+    conn: &mut Conn,
+    request: &Request<'_>,
+    response: Response,
+    close: bool,
+) -> io::Result<Persistence> {
+    let close = close || !request.head.keep_alive;
+    response
+        .omit_body(request.is_head())
+        .close(close)
+        .send(conn, !close && request.needs_keep_alive_header())?;
+    Ok(if close {
+        Persistence::Close
+    } else {
+        Persistence::KeepAlive
+    })
+}
+
 /// Request handler of a listener.
 pub trait Service: Send + Sync + 'static {
     /// Responds to one request. The head is already consumed from `conn`, so any
