@@ -32,8 +32,8 @@ def main(path):
 
     for section in sections:
         print(f"\n### {section}\n")
-        print("| connections | case | system | requests/s | ratio to first | p50 µs | p99 µs | server CPU µs/request |")
-        print("| ---: | --- | --- | ---: | ---: | ---: | ---: | ---: |")
+        print("| connections | case | system | requests/s | ratio to first | p50 µs | p99 µs | max µs | server CPU µs/request |")
+        print("| ---: | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
         baseline = {}
         for key in order:
             if key[0] != section:
@@ -46,6 +46,7 @@ def main(path):
             print(
                 f"| {key[1]} | {key[2]} | {key[3]} | {spread(rps)} | {ratio:.2f} | "
                 f"{spread([float(r['p50_us']) for r in rows])} | {spread([float(r['p99_us']) for r in rows])} | "
+                f"{spread([float(r['max_us']) for r in rows])} | "
                 f"{spread([float(r['cpu_us_per_request']) for r in rows], 1)} |"
             )
 
