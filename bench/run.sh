@@ -345,8 +345,6 @@ EOF
 }
 
 section_keys() {
-  local out=$root/bench/results/$stamp-keys.tsv
-  printf 'keys\trps\tp50_us\tp99_us\tmax_us\n' >"$out"
   for count in 1 1000 100000; do
     python3 - "$count" "$key" >"$work/keys-$count" <<'EOF'
 import secrets, sys

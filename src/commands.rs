@@ -66,7 +66,7 @@ pub fn keys_id(input: &mut dyn Read) -> Result<KeyId, String> {
     if let Some((_, reason)) = parsed.skipped().next() {
         return Err(format!("the input is not a valid key: {reason}"));
     }
-    Ok(id.clone())
+    Ok(*id)
 }
 
 /// Requests the health URL and succeeds only on a 200 within the timeout.

@@ -63,30 +63,44 @@ impl fmt::Debug for SecretKey {
     }
 }
 
+/// Length of a key id in bytes: `sha256:` and 16 hex digits.
+const KEY_ID_LENGTH: usize = 7 + 16;
+
 /// Non-secret key id: `sha256:` and the first 16 hex digits of the key's SHA-256.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct KeyId(String);
+///
+/// Stored inline, so a set of 100,000 keys needs no allocation per id.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct KeyId([u8; KEY_ID_LENGTH]);
 
 impl KeyId {
     /// Computes the id of raw key bytes.
     pub fn of(key: &[u8]) -> KeyId {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
         let digest = Sha256::digest(key);
-        let mut id = String::with_capacity(7 + 16);
-        id.push_str("sha256:");
-        for byte in &digest[..8] {
-            id.push_str(&format!("{byte:02x}"));
+        let mut id = [0u8; KEY_ID_LENGTH];
+        id[..7].copy_from_slice(b"sha256:");
+        for (index, byte) in digest[..8].iter().enumerate() {
+            id[7 + 2 * index] = HEX[usize::from(byte >> 4)];
+            id[8 + 2 * index] = HEX[usize::from(byte & 0x0f)];
         }
         KeyId(id)
     }
 
     pub fn as_str(&self) -> &str {
-        &self.0
+        // The bytes are ASCII by construction in `KeyId::of`.
+        std::str::from_utf8(&self.0).unwrap_or("sha256:invalid")
     }
 }
 
 impl fmt::Display for KeyId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(self.as_str())
+    }
+}
+
+impl fmt::Debug for KeyId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "KeyId({})", self.as_str())
     }
 }
 
@@ -189,7 +203,7 @@ pub fn parse_key_file(bytes: &[u8], min_key_length: usize) -> ParsedKeyFile {
                     let key = SecretKey::new(line);
                     let id = key.id();
                     if seen.insert(key.clone()) {
-                        keys.push((key, id.clone()));
+                        keys.push((key, id));
                         LineOutcome::Key(id)
                     } else {
                         LineOutcome::Duplicate(id)
@@ -291,12 +305,8 @@ impl KeySet {
 
     /// Returns the sorted ids of this set.
     pub fn ids(&self) -> Vec<KeyId> {
-        let mut ids: Vec<KeyId> = self
-            .entries
-            .values()
-            .map(|entry| entry.id.clone())
-            .collect();
-        ids.sort();
+        let mut ids: Vec<KeyId> = self.entries.values().map(|entry| entry.id).collect();
+        ids.sort_unstable();
         ids
     }
 }

@@ -170,7 +170,7 @@ impl Metrics {
             "Requests allowed per key id.",
         );
         let mut entries: Vec<_> = keys.entries().collect();
-        entries.sort_by(|a, b| a.id.cmp(&b.id));
+        entries.sort_by_key(|entry| entry.id);
         for entry in &entries {
             let _ = writeln!(
                 out,

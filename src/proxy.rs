@@ -114,7 +114,7 @@ impl Proxy {
                 detail,
             }) => {
                 self.metrics.record_upstream_error(kind);
-                self.log_failure(conn, &format!("{detail}; answered {status}"));
+                self.log_failure(conn, &format!("{detail}; responded with {status}"));
                 let response = Response::new(status).json_error(
                     if status == 504 {
                         "upstream_timeout"
@@ -310,7 +310,7 @@ impl Proxy {
                 self.log_failure(
                     conn,
                     &format!(
-                        "upstream {} sent an invalid response: {reason}; answered 502",
+                        "upstream {} sent an invalid response: {reason}; responded with 502",
                         upstream.address
                     ),
                 );
@@ -491,7 +491,7 @@ fn read_final_head(
     }
 }
 
-/// Whether a request may be sent again after a reused connection closed
+/// Returns whether a request may be sent again after a reused connection closed
 /// without a response: the upstream may have acted on it, so only safe
 /// methods without a body qualify.
 fn is_retry_safe(request: &Request<'_>) -> bool {

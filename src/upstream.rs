@@ -209,7 +209,7 @@ impl ResponseHead {
         Ok(length.map_or(ResponseBody::UntilClose, ResponseBody::Length))
     }
 
-    /// Whether the upstream allows another request on this connection.
+    /// Returns whether the upstream allows another request on this connection.
     pub fn keeps_alive(&self) -> bool {
         let mut close = false;
         let mut keep_alive = false;
@@ -261,7 +261,7 @@ impl UpstreamConn {
         })
     }
 
-    /// Whether the upstream has neither closed the connection nor sent
+    /// Returns whether the upstream has neither closed the connection nor sent
     /// unrequested bytes, checked without blocking.
     fn looks_open(&self) -> bool {
         if self.stream.set_nonblocking(true).is_err() {

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-/// Longest time a case may take to get a response that needs no waiting on
+/// Maximum time a case may take to get a response that needs no waiting on
 /// the client. Every timeout keygate could wrongly wait for is longer.
 const PROMPT: Duration = Duration::from_secs(2);
 
