@@ -4,6 +4,7 @@
 
 use std::io::{self, BufRead, Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::os::fd::AsRawFd;
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -74,20 +75,25 @@ impl UpstreamPool {
     /// Connections past [`IDLE_LIFETIME`], closed by the upstream, or with
     /// unexpected bytes waiting are dropped on the way.
     pub fn take_idle(&self) -> Option<UpstreamConn> {
-        let mut idle = self.lock_idle();
-        while let Some(entry) = idle.pop() {
-            if entry.since.elapsed() >= IDLE_LIFETIME {
-                // The rest are older still.
-                idle.clear();
-                return None;
-            }
+        loop {
+            let entry = {
+                let mut idle = self.lock_idle();
+                let entry = idle.pop()?;
+                if entry.since.elapsed() >= IDLE_LIFETIME {
+                    // The rest are older still.
+                    idle.clear();
+                    return None;
+                }
+                entry
+            };
+            // The liveness check is a syscall, so it runs after the lock is
+            // released; holding the lock across it made request threads queue.
             let mut conn = entry.conn;
             if conn.looks_open() {
                 conn.reused = true;
                 return Some(conn);
             }
         }
-        None
     }
 
     /// Returns a connection after a complete exchange, so a later request can reuse it.
@@ -264,15 +270,20 @@ impl UpstreamConn {
     /// Returns whether the upstream has neither closed the connection nor sent
     /// unrequested bytes, checked without blocking.
     fn looks_open(&self) -> bool {
-        if self.stream.set_nonblocking(true).is_err() {
-            return false;
-        }
         let mut probe = [0u8; 1];
-        let open = match self.stream.peek(&mut probe) {
-            Err(error) => error.kind() == io::ErrorKind::WouldBlock,
-            Ok(_) => false,
+        // One non-blocking peek, instead of switching the socket to
+        // non-blocking mode and back around a std `peek`.
+        // SAFETY: the descriptor belongs to `self.stream`, which is alive, and
+        // `probe` is a writable buffer of the length passed.
+        let received = unsafe {
+            libc::recv(
+                self.stream.as_raw_fd(),
+                probe.as_mut_ptr().cast(),
+                probe.len(),
+                libc::MSG_PEEK | libc::MSG_DONTWAIT,
+            )
         };
-        self.stream.set_nonblocking(false).is_ok() && open
+        received < 0 && io::Error::last_os_error().kind() == io::ErrorKind::WouldBlock
     }
 
     /// Reads the next response head, waiting until `deadline` at most, and
