@@ -151,6 +151,7 @@ impl Reloader {
         thread::Builder::new()
             .name("keygate-reload".into())
             .spawn(move || {
+                lower_thread_priority();
                 let mut next_poll = Instant::now() + self.settings.poll_interval;
                 loop {
                     // The systemd watchdog may want a ping more often than the poll interval.
@@ -350,6 +351,21 @@ fn log_skipped_lines(settings: &Settings, parsed: &ParsedKeyFile) {
             "key file {} has {short} keys shorter than {} bytes; prefer longer random keys, such as `openssl rand -hex 32`",
             settings.path.display(),
             keys::RECOMMENDED_KEY_LENGTH
+        );
+    }
+}
+
+/// Lowers the calling thread's scheduling priority (nice 10), so that
+/// parsing a large key file yields the CPU to request threads on a busy
+/// machine. Failure only costs that preference, so it is logged at debug.
+fn lower_thread_priority() {
+    // SAFETY: gettid has no preconditions. On Linux, setpriority with
+    // PRIO_PROCESS and a thread id changes only that thread.
+    let result = unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, 10) };
+    if result != 0 {
+        log::debug!(
+            "cannot lower the reload thread's priority: {}",
+            std::io::Error::last_os_error()
         );
     }
 }
