@@ -12,6 +12,9 @@ use crate::shutdown::ConnectionGuard;
 /// head limit only for requests with large heads.
 const INITIAL_BUFFER_BYTES: usize = 4096;
 
+/// Size up to which a partial head is parsed whenever a line ends.
+const EAGER_PARSE_BYTES: usize = 4096;
+
 /// Maximum time a closing connection waits for the client to stop sending.
 const LINGER_TOTAL: Duration = Duration::from_secs(2);
 
@@ -68,6 +71,8 @@ pub struct Conn {
     limits: Limits,
     /// Whether at least one request head has been read.
     served_any: bool,
+    /// Number of unconsumed bytes already searched for the end of a head.
+    scanned: usize,
 }
 
 impl Conn {
@@ -84,6 +89,7 @@ impl Conn {
             read_timeout: None,
             limits,
             served_any: false,
+            scanned: 0,
         })
     }
 
@@ -98,14 +104,16 @@ impl Conn {
 
         loop {
             if self.end > self.start {
-                let pending = &self.buffer[self.start..self.end];
-                if let Some(head) = request::parse(pending, self.limits.max_headers)
-                    .map_err(ReadHeadError::Invalid)?
-                {
-                    self.served_any = true;
-                    return Ok(head);
+                if self.worth_parsing() {
+                    let pending = &self.buffer[self.start..self.end];
+                    if let Some(head) = request::parse(pending, self.limits.max_headers)
+                        .map_err(ReadHeadError::Invalid)?
+                    {
+                        self.served_any = true;
+                        return Ok(head);
+                    }
                 }
-                if pending.len() >= self.limits.max_head_bytes {
+                if self.end - self.start >= self.limits.max_head_bytes {
                     return Err(ReadHeadError::Invalid(HeadError::TooLarge));
                 }
                 deadline.get_or_insert_with(|| Instant::now() + self.limits.header_timeout);
@@ -148,6 +156,28 @@ impl Conn {
         }
     }
 
+    /// Returns whether parsing the unconsumed bytes can give a result now.
+    ///
+    /// A head ends with an empty line, and an error shows once a line is
+    /// complete. A short head is parsed whenever a line ends, so a broken
+    /// request line gets its 400 at once. Past [`EAGER_PARSE_BYTES`], only
+    /// an empty line triggers a parse, so a client that sends a large head
+    /// a few bytes at a time costs linear work, not a parse of everything
+    /// buffered after every read.
+    fn worth_parsing(&mut self) -> bool {
+        let pending = &self.buffer[self.start..self.end];
+        // Step back so a "\n\r\n" split across two reads is still found.
+        let from = self.scanned.saturating_sub(2);
+        let ends_head = pending[from..].windows(2).enumerate().any(|(index, pair)| {
+            pair == b"\n\n" || (pair == b"\n\r" && pending.get(from + index + 2) == Some(&b'\n'))
+        });
+        let ends_line = pending[self.scanned.min(pending.len())..].contains(&b'\n');
+        // A match that was not the end of a head (empty lines before the
+        // request line) is not searched again; the real end lies further on.
+        self.scanned = pending.len();
+        ends_head || (ends_line && pending.len() <= EAGER_PARSE_BYTES)
+    }
+
     fn timed_out(&self) -> ReadHeadError {
         if self.start == self.end && self.served_any {
             ReadHeadError::Closed
@@ -164,6 +194,8 @@ impl Conn {
 
     /// Drops `count` buffered bytes, for example a head that has been answered.
     pub fn consume(&mut self, count: usize) {
+        // What follows may be a pipelined request whose end was never searched for.
+        self.scanned = 0;
         self.start = (self.start + count).min(self.end);
         if self.start == self.end {
             self.start = 0;
@@ -285,4 +317,92 @@ pub fn is_timeout(error: &io::Error) -> bool {
         error.kind(),
         io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::TcpListener;
+
+    fn conn() -> Conn {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let peer = client.local_addr().unwrap();
+        let limits = Limits {
+            max_head_bytes: 32768,
+            max_headers: 100,
+            header_timeout: Duration::from_secs(1),
+            idle_timeout: Duration::from_secs(1),
+            io_timeout: Duration::from_secs(1),
+        };
+        Conn::new(client, peer, limits).unwrap()
+    }
+
+    /// Appends `bytes` as if a read had returned them.
+    fn receive(conn: &mut Conn, bytes: &[u8]) {
+        if conn.buffer.len() < conn.end + bytes.len() {
+            conn.buffer.resize(conn.end + bytes.len(), 0);
+        }
+        conn.buffer[conn.end..conn.end + bytes.len()].copy_from_slice(bytes);
+        conn.end += bytes.len();
+    }
+
+    #[test]
+    fn short_head_parsed_at_each_line_end() {
+        let mut conn = conn();
+        receive(&mut conn, b"GET / HT");
+        assert!(!conn.worth_parsing(), "no line has ended yet");
+        receive(&mut conn, b"TP/1.1\r\n");
+        assert!(conn.worth_parsing(), "the request line has ended");
+        receive(&mut conn, b"Host: x");
+        assert!(!conn.worth_parsing(), "no new line has ended");
+    }
+
+    #[test]
+    fn large_head_parsed_only_at_empty_line() {
+        let mut conn = conn();
+        receive(&mut conn, b"GET / HTTP/1.1\r\n");
+        for _ in 0..600 {
+            receive(&mut conn, b"X-Filler: 0123456789\r\n");
+        }
+        assert!(conn.end > EAGER_PARSE_BYTES);
+        assert!(
+            !conn.worth_parsing(),
+            "lines alone do not trigger a parse past the eager size"
+        );
+        receive(&mut conn, b"X-Last: 1\r\n");
+        assert!(
+            !conn.worth_parsing(),
+            "one more header line does not either"
+        );
+        receive(&mut conn, b"\r\n");
+        assert!(conn.worth_parsing(), "the empty line ends the head");
+    }
+
+    #[test]
+    fn end_of_head_split_across_reads_found() {
+        let mut conn = conn();
+        receive(&mut conn, b"GET / HTTP/1.1\r\n");
+        for _ in 0..600 {
+            receive(&mut conn, b"X-Filler: 0123456789\r\n");
+        }
+        assert!(!conn.worth_parsing());
+        // The final CRLF arrives one byte at a time.
+        receive(&mut conn, b"\r");
+        assert!(!conn.worth_parsing());
+        receive(&mut conn, b"\n");
+        assert!(conn.worth_parsing(), "\\n\\r\\n split across reads");
+    }
+
+    #[test]
+    fn consume_rescans_pipelined_bytes() {
+        let mut conn = conn();
+        receive(&mut conn, b"GET /a HTTP/1.1\r\n\r\nGET /b HTTP/1.1\r\n\r\n");
+        assert!(conn.worth_parsing());
+        conn.consume(19);
+        assert!(
+            conn.worth_parsing(),
+            "the second request's end must be found again"
+        );
+    }
 }
