@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use crate::config::{Healthcheck, KeysCheck};
 use crate::keyfile;
 use crate::keys::{self, KeyId, LineOutcome};
+use crate::text;
 
 /// Prints each line's outcome. Returns whether the daemon would accept the
 /// file at start-up: it is readable and has at least one valid key.
@@ -32,10 +33,10 @@ pub fn keys_check(check: &KeysCheck, out: &mut dyn Write) -> Result<bool, String
     let accepted = !parsed.keys.is_empty();
     let summary = if accepted {
         format!(
-            "{}: {} valid keys, {} lines skipped",
+            "{}: {}, {} skipped",
             check.key_file.display(),
-            parsed.keys.len(),
-            parsed.skipped().count()
+            text::count(parsed.keys.len(), "valid key", "valid keys"),
+            text::count(parsed.skipped().count(), "line", "lines")
         )
     } else {
         format!(

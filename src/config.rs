@@ -109,7 +109,7 @@ const SERVE_OPTIONS: &[OptionSpec] = &[
         "KEYGATE_POLL_INTERVAL",
         "DURATION",
         "2s",
-        "Time between two checks of the key file.",
+        "Time between two checks of the key file, at least 100ms.",
     ),
     option(
         "settle-delay",
@@ -457,6 +457,23 @@ pub fn parse_upstream(text: &str) -> Result<Upstream, String> {
     })
 }
 
+/// Checks that a listen address has the form `HOST:PORT` or `[IPV6]:PORT`
+/// with a numeric port. Host names are resolved later, when binding.
+fn validate_listen(address: &str) -> Result<(), String> {
+    if address.parse::<std::net::SocketAddr>().is_ok() {
+        return Ok(());
+    }
+    let Some((host, port)) = address.rsplit_once(':') else {
+        return Err("expected HOST:PORT or [IPV6]:PORT, such as 127.0.0.1:8080".into());
+    };
+    if host.is_empty() || host.contains(':') && !(host.starts_with('[') && host.ends_with(']')) {
+        return Err("expected HOST:PORT or [IPV6]:PORT, such as 127.0.0.1:8080; put an IPv6 address in brackets".into());
+    }
+    port.parse::<u16>()
+        .map(|_| ())
+        .map_err(|_| "the port must be a number from 0 to 65535".into())
+}
+
 fn is_header_name(name: &str) -> bool {
     !name.is_empty()
         && name
@@ -539,7 +556,7 @@ fn key_file(
     match chosen.filter(|path| !path.is_empty()) {
         Some(path) => Ok(PathBuf::from(path)),
         None => Err(UsageError(format!(
-            "no key file given; pass --key-file PATH or set the environment variable {AUTH_SECRET_PATH}"
+            "no key file given; pass --key-file PATH or set KEYGATE_KEY_FILE or {AUTH_SECRET_PATH}"
         ))),
     }
 }
@@ -559,6 +576,22 @@ fn build_config(
         "off" | "none" | "" => None,
         address => Some(address.to_string()),
     };
+    for (flag, address) in [
+        ("listen", Some(values.string("listen"))),
+        ("admin-listen", admin_listen.clone()),
+    ] {
+        if let Some(address) = address {
+            validate_listen(address.trim()).map_err(|reason| {
+                let (_, source) = values.raw(flag);
+                let source = if values.is_set(flag) {
+                    source.to_string()
+                } else {
+                    format!("--{flag}")
+                };
+                UsageError(format!("invalid value {address:?} for {source}: {reason}"))
+            })?;
+        }
+    }
     let key_id_header = values.string("key-id-header");
     if !is_header_name(&key_id_header) {
         let (_, source) = values.raw("key-id-header");
@@ -636,7 +669,11 @@ fn parse_keys(
             }
             let key_file = match positional.first() {
                 Some(path) => PathBuf::from(path),
-                None => key_file(&values, env)?,
+                None => key_file(&values, env).map_err(|_| {
+                    UsageError(format!(
+                        "no key file to check; run keygate keys check FILE, or set --key-file, KEYGATE_KEY_FILE or {AUTH_SECRET_PATH}"
+                    ))
+                })?,
             };
             Ok(Command::KeysCheck(KeysCheck {
                 key_file,
@@ -821,6 +858,28 @@ mod tests {
         assert!(error.0.contains("KEYGATE_MAX_CONNECTIONS"), "{error}");
         let error = serve(&["--key-file", "/k", "--bogus"], &no_env).unwrap_err();
         assert!(error.0.contains("--bogus"), "{error}");
+    }
+
+    #[test]
+    fn listen_addresses_validated() {
+        for good in ["127.0.0.1:8080", "[::1]:0", "0.0.0.0:9", "localhost:8080"] {
+            assert!(validate_listen(good).is_ok(), "{good}");
+        }
+        for bad in [
+            "8080",
+            ":8080",
+            "127.0.0.1",
+            "::1:80",
+            "host:http",
+            "host:70000",
+        ] {
+            assert!(validate_listen(bad).is_err(), "{bad}");
+        }
+        let error = serve(&["--key-file", "/k", "--listen", "8080"], &no_env).unwrap_err();
+        assert!(
+            error.0.contains("--listen") && error.0.contains("\"8080\""),
+            "{error}"
+        );
     }
 
     #[test]

@@ -18,6 +18,7 @@ use crate::reload::{self, ReloadStatus, Reloader};
 use crate::server::{self, ListenerContext, RunningListener};
 use crate::shutdown::Shutdown;
 use crate::signals::{self, Event};
+use crate::text;
 
 /// Maximum connections served at once on the admin listener. Its own small
 /// pool keeps probes working while the auth listener is flooded.
@@ -161,8 +162,12 @@ fn shut_down(
     events: &mpsc::Receiver<Event>,
 ) {
     log::info!(
-        "received {signal}; /readyz now reports 503, listeners close in {:?}",
-        config.shutdown_delay
+        "received {signal}; readiness now reports not ready, listeners close {}",
+        if config.shutdown_delay.is_zero() {
+            "now".to_string()
+        } else {
+            format!("in {}", text::duration(config.shutdown_delay))
+        }
     );
     shutdown.begin_draining();
     notifier.stopping();
@@ -174,6 +179,14 @@ fn shut_down(
         listener.stop();
     }
 
+    let open = shutdown.open_connections();
+    if !hurried && open > 0 {
+        log::info!(
+            "waiting up to {} for {} to finish",
+            text::duration(config.shutdown_timeout),
+            text::count(open, "open connection", "open connections")
+        );
+    }
     if !hurried {
         let deadline = Instant::now() + config.shutdown_timeout;
         while !hurried && shutdown.open_connections() > 0 && Instant::now() < deadline {
@@ -219,10 +232,11 @@ fn log_started(config: &Config, listeners: &[RunningListener], key_count: usize)
         .map(|listener| format!("{} on {}", listener.name, listener.address))
         .collect();
     log::info!(
-        "keygate {} started in {mode}: {}; key file {} with {key_count} keys, checked every {:?}",
+        "keygate {} started in {mode}: {}; key file {} with {}, checked every {:?}",
         env!("CARGO_PKG_VERSION"),
         addresses.join(", "),
         config.key_file.display(),
+        text::count(key_count, "key", "keys"),
         config.poll_interval
     );
 }

@@ -72,6 +72,7 @@ pub fn denial(reason: auth::DenyReason, token_presented: bool) -> Response {
 /// Logs a denial at debug, and at most one line per 10 s at info with a count.
 pub fn log_denial(conn: &Conn, reason: auth::DenyReason) {
     match DENIAL_LOG.check() {
+        Some(0) => log::info!("denied a request from {}: {}", conn.peer, reason.label()),
         Some(suppressed) => log::info!(
             "denied a request from {}: {} ({suppressed} more denials since the previous message)",
             conn.peer,

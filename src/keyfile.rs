@@ -57,7 +57,11 @@ impl fmt::Display for ReadError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             ReadError::Io { path, error } => {
-                write!(f, "cannot read key file {}: {error}", path.display())
+                write!(
+                    f,
+                    "cannot read key file {}: {error}; check the path given in --key-file, KEYGATE_KEY_FILE or AUTH_SECRET_PATH and its permissions",
+                    path.display()
+                )
             }
             ReadError::NotRegularFile { path, kind } => write!(
                 f,

@@ -27,4 +27,5 @@ mod reload;
 mod server;
 mod shutdown;
 mod signals;
+mod text;
 mod upstream;

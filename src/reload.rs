@@ -17,6 +17,7 @@ use crate::keyfile::{self, ReadError, Snapshot};
 use crate::keys::{self, KeySet, KeyStore, ParsedKeyFile};
 use crate::metrics::{Metrics, unix_millis_now};
 use crate::notify::Notifier;
+use crate::text;
 
 /// Number of times a changing file is re-read before waiting for the next poll.
 const MAX_SETTLE_ATTEMPTS: u32 = 5;
@@ -207,7 +208,7 @@ impl Reloader {
     fn reload_on_request(&mut self) {
         self.notifier.reloading();
         log::info!(
-            "reloading key file {} on request",
+            "received SIGHUP; reloading key file {}",
             self.settings.path.display()
         );
         if let Some(snapshot) = self.read() {
@@ -297,9 +298,10 @@ impl Reloader {
             .map(|id| id.as_str())
             .collect();
         log::info!(
-            "reloaded key file {} in {:?}: {count} keys, {} added, {} removed",
+            "reloaded key file {} in {:?}: {}, {} added, {} removed",
             self.settings.path.display(),
             started.elapsed(),
+            text::count(count, "key", "keys"),
             added.len(),
             removed.len()
         );

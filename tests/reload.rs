@@ -304,7 +304,7 @@ fn sighup_reloads_at_once() {
         Duration::from_secs(2)
     ));
     assert_eq!(status_with_key(keygate.auth, Some(KEY_A)), 401);
-    assert!(keygate.logs().contains("on request"));
+    assert!(keygate.logs().contains("received SIGHUP"));
 }
 
 #[test]
