@@ -275,8 +275,8 @@ fn is_mount_point(path: &Path) -> bool {
         return false;
     };
     // The fifth field is the mount point, with spaces and similar escaped as octal.
-    let wanted = canonical.to_string_lossy().replace(' ', "\\040");
+    let escaped_path = canonical.to_string_lossy().replace(' ', "\\040");
     mountinfo
         .lines()
-        .any(|line| line.split(' ').nth(4) == Some(wanted.as_str()))
+        .any(|line| line.split(' ').nth(4) == Some(escaped_path.as_str()))
 }
