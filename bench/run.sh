@@ -33,14 +33,16 @@ done
 wrk_threads=1
 key=bench-key-0123456789abcdef0123456789abcdef
 wrong_key=bench-key-0123456789abcdef0123456789abcdeF
-port_nginx=39101
-port_keygate=39102
-port_admin=39103
-port_front=39104
-port_static=39105
-port_alone=39106
-port_proxy=39107
-port_front_nginx=39108
+# Fixed ports below Linux's default ephemeral range (32768-60999), so that
+# client connections from earlier sections cannot hold one of them.
+port_nginx=29101
+port_keygate=29102
+port_admin=29103
+port_front=29104
+port_static=29105
+port_alone=29106
+port_proxy=29107
+port_front_nginx=29108
 
 for tool in wrk nginx python3 curl; do
   if ! command -v "$tool" >/dev/null; then
