@@ -172,8 +172,9 @@ impl Conn {
             pair == b"\n\n" || (pair == b"\n\r" && pending.get(from + index + 2) == Some(&b'\n'))
         });
         let ends_line = pending[self.scanned.min(pending.len())..].contains(&b'\n');
-        // A match that was not the end of a head (empty lines before the
-        // request line) is not searched again; the real end lies further on.
+        // A match may be empty lines before the request line rather than the
+        // end of the head. It is not searched again, because the real end
+        // lies further on.
         self.scanned = pending.len();
         ends_head || (ends_line && pending.len() <= EAGER_PARSE_BYTES)
     }
