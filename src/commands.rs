@@ -48,17 +48,17 @@ pub fn keys_check(check: &KeysCheck, out: &mut dyn Write) -> Result<bool, String
     Ok(accepted)
 }
 
-/// Reads one key from `input` and returns its id.
+/// Reads one key from `input` and returns its id and its length in bytes.
 ///
 /// Surrounding spaces and one trailing newline are ignored, as in a key file.
-pub fn keys_id(input: &mut dyn Read) -> Result<KeyId, String> {
+pub fn keys_id(input: &mut dyn Read) -> Result<(KeyId, usize), String> {
     let mut bytes = Vec::new();
     input
         .take(keys::MAX_KEY_LENGTH as u64 * 2)
         .read_to_end(&mut bytes)
         .map_err(|error| format!("cannot read the key from standard input: {error}"))?;
     let parsed = keys::parse_key_file(&bytes, 1);
-    let [(_, id)] = parsed.keys.as_slice() else {
+    let [(key, id)] = parsed.keys.as_slice() else {
         return Err(format!(
             "expected exactly one key on standard input, found {}; try: printf %s \"$KEY\" | keygate keys id",
             parsed.keys.len()
@@ -67,7 +67,7 @@ pub fn keys_id(input: &mut dyn Read) -> Result<KeyId, String> {
     if let Some((_, reason)) = parsed.skipped().next() {
         return Err(format!("the input is not a valid key: {reason}"));
     }
-    Ok(*id)
+    Ok((*id, key.len()))
 }
 
 /// Requests the health URL and succeeds only on a 200 within the timeout.
@@ -160,8 +160,9 @@ mod tests {
 
     #[test]
     fn keys_id_reads_one_key() {
-        let id = keys_id(&mut &b"supersecretkey-123\n"[..]).unwrap();
+        let (id, length) = keys_id(&mut &b"supersecretkey-123\n"[..]).unwrap();
         assert_eq!(id, KeyId::of(b"supersecretkey-123"));
+        assert_eq!(length, 18);
         assert!(keys_id(&mut &b""[..]).is_err());
         assert!(keys_id(&mut &b"a\nb\n"[..]).is_err());
     }

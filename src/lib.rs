@@ -27,5 +27,5 @@ mod reload;
 mod server;
 mod shutdown;
 mod signals;
-mod text;
+pub mod text;
 mod upstream;

@@ -3,7 +3,7 @@
 //! `main` only maps the result of [`run`] to an exit status: 0 on success,
 //! 1 when the daemon or a subcommand fails, 2 for a usage error.
 
-use keygate::{commands, config, daemon};
+use keygate::{commands, config, daemon, text};
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -67,8 +67,15 @@ fn run() -> Result<(), Failure> {
             }
         }
         Command::KeysId => {
-            let id = commands::keys_id(&mut std::io::stdin().lock()).map_err(Failure::Runtime)?;
+            let (id, length) =
+                commands::keys_id(&mut std::io::stdin().lock()).map_err(Failure::Runtime)?;
             println!("{id}");
+            if length < 16 {
+                eprintln!(
+                    "keygate: note: this key is {}; keygate skips keys shorter than --min-key-length, 16 bytes by default",
+                    text::count(length, "byte", "bytes")
+                );
+            }
             Ok(())
         }
         Command::Healthcheck(check) => match commands::healthcheck(&check) {
