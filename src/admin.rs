@@ -9,6 +9,7 @@ use crate::http::{Persistence, Request, Service, send_response};
 use crate::keys::KeyStore;
 use crate::metrics::Metrics;
 use crate::reload::ReloadStatus;
+use crate::shutdown::ConnectionGuard;
 use crate::shutdown::Shutdown;
 
 /// Service of the admin listener.
@@ -78,9 +79,9 @@ impl Service for Admin {
         &self,
         conn: &mut Conn,
         request: &Request<'_>,
-        closing: bool,
+        guard: &ConnectionGuard,
     ) -> io::Result<Persistence> {
-        let close = closing || request.head.framing.has_body();
+        let close = guard.is_closing() || request.head.framing.has_body();
         let path = request
             .target()
             .split(|&b| b == b'?')

@@ -16,6 +16,7 @@ use crate::http::{Persistence, Request, Service, send_response};
 use crate::keys::KeyStore;
 use crate::metrics::Metrics;
 use crate::ratelimit::LogLimiter;
+use crate::shutdown::ConnectionGuard;
 
 static DENIAL_LOG: LogLimiter = LogLimiter::new(Duration::from_secs(10));
 
@@ -32,13 +33,13 @@ impl Service for ForwardAuth {
         &self,
         conn: &mut Conn,
         request: &Request<'_>,
-        closing: bool,
+        guard: &ConnectionGuard,
     ) -> io::Result<Persistence> {
         // The decision needs the head only. A declared body is never read:
         // nginx `auth_request` sends the client's Content-Length without the
         // body, so waiting for it would hang. The connection closes instead,
         // because unread body bytes cannot be distinguished from the next request.
-        let close = closing || request.head.framing.has_body();
+        let close = guard.is_closing() || request.head.framing.has_body();
 
         let response = match auth::decide(request, &self.keys) {
             Decision::Allow(entry) => {

@@ -20,6 +20,7 @@ use crate::http::{Persistence, Request, Service, send_response};
 use crate::keys::KeyStore;
 use crate::metrics::{Metrics, UpstreamError};
 use crate::ratelimit::LogLimiter;
+use crate::shutdown::ConnectionGuard;
 use crate::upstream::{
     self, ReadHeadError, ResponseBody, ResponseHead, UpstreamConn, UpstreamPool,
 };
@@ -94,7 +95,7 @@ impl Proxy {
         conn: &mut Conn,
         request: &Request<'_>,
         key_id: &str,
-        closing: bool,
+        guard: &ConnectionGuard,
     ) -> io::Result<Persistence> {
         let forwarding = Forwarding {
             client: conn.peer.ip(),
@@ -125,7 +126,7 @@ impl Proxy {
                 );
                 // The request body may still be unread, so only a request
                 // without one leaves the connection usable.
-                let close = closing || request.head.framing.has_body();
+                let close = guard.is_closing() || request.head.framing.has_body();
                 return send_response(conn, request, response, close);
             }
             Err(ExchangeError::ClientBody(error)) => {
@@ -133,7 +134,7 @@ impl Proxy {
             }
             Err(ExchangeError::Client(error)) => return Err(error),
         };
-        self.relay_response(conn, request, exchange, &mut relay, closing)
+        self.relay_response(conn, request, exchange, &mut relay, guard)
     }
 
     /// Sends the request upstream and waits for the final response head.
@@ -294,8 +295,10 @@ impl Proxy {
         request: &Request<'_>,
         exchange: Exchange,
         relay: &mut Relay,
-        closing: bool,
+        guard: &ConnectionGuard,
     ) -> io::Result<Persistence> {
+        // Shutdown may have begun while the upstream worked on the request.
+        let closing = guard.is_closing();
         let Exchange {
             mut upstream,
             response,
@@ -435,7 +438,7 @@ impl Service for Proxy {
         &self,
         conn: &mut Conn,
         request: &Request<'_>,
-        closing: bool,
+        guard: &ConnectionGuard,
     ) -> io::Result<Persistence> {
         match auth::decide(request, &self.keys) {
             Decision::Allow(entry) => {
@@ -447,7 +450,7 @@ impl Service for Proxy {
                     );
                     return send_response(conn, request, response, true);
                 }
-                self.forward(conn, request, entry.id.as_str(), closing)
+                self.forward(conn, request, entry.id.as_str(), guard)
             }
             Decision::Deny {
                 reason,
@@ -457,7 +460,7 @@ impl Service for Proxy {
                 forward::log_denial(conn, reason);
                 // The body of a denied request is never read, so the connection
                 // cannot serve another request after it.
-                let close = closing || request.head.framing.has_body();
+                let close = guard.is_closing() || request.head.framing.has_body();
                 send_response(
                     conn,
                     request,

@@ -10,7 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::*;
 
@@ -964,4 +964,91 @@ fn large_download_streams_with_bounded_memory() {
         max_rss > 0 && max_rss < MAX_RSS_KIB,
         "keygate VmRSS peaked at {max_rss} KiB"
     );
+}
+
+#[test]
+fn stalled_upload_gets_408_at_io_timeout() {
+    let upstream = TestUpstream::start();
+    let dir = TempDir::new("proxy-stalled-upload");
+    let keygate = start_proxy(&dir, &upstream.url(), &["--io-timeout", "1s"]);
+
+    // Ten of the hundred declared body bytes, then silence.
+    let raw = format!(
+        "POST /echo HTTP/1.1\r\nHost: x\r\n{}Content-Length: 100\r\n\r\n0123456789",
+        authorization()
+    );
+    let started = Instant::now();
+    let mut stream = connect(keygate.auth);
+    stream.write_all(raw.as_bytes()).unwrap();
+    let response = read_response(&mut stream, false).expect("response");
+    assert_eq!(response.status, 408);
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "408 took {:?}",
+        started.elapsed()
+    );
+    assert!(
+        read_until_close(&mut stream).is_some(),
+        "connection left open"
+    );
+}
+
+/// Sends a proxied request that the upstream answers after `seconds`, and
+/// returns the connection once keygate has forwarded it.
+fn start_slow_request(keygate: &Keygate, seconds: u32) -> TcpStream {
+    let raw = format!(
+        "GET /slow?seconds={seconds} HTTP/1.1\r\nHost: x\r\n{}\r\n",
+        authorization()
+    );
+    let mut stream = connect(keygate.auth);
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    stream.write_all(raw.as_bytes()).unwrap();
+    // Give keygate time to send the request upstream before the signal.
+    std::thread::sleep(Duration::from_millis(300));
+    stream
+}
+
+#[test]
+fn shutdown_waits_for_inflight_request() {
+    let upstream = TestUpstream::start();
+    let dir = TempDir::new("proxy-shutdown-wait");
+    let mut keygate = start_proxy(&dir, &upstream.url(), &["--shutdown-timeout", "10s"]);
+    let mut stream = start_slow_request(&keygate, 2);
+
+    keygate.signal("TERM");
+    let response = read_response(&mut stream, false).expect("in-flight request finished");
+    assert_eq!(response.status, 200);
+    assert_eq!(response.header("Connection"), Some("close"));
+    let status = keygate.wait_exit(Duration::from_secs(5)).expect("exited");
+    assert_eq!(status.code(), Some(0));
+    assert!(
+        keygate
+            .logs()
+            .contains("waiting up to 10s for 1 open connection"),
+        "{}",
+        keygate.logs()
+    );
+}
+
+#[test]
+fn shutdown_timeout_cuts_long_request() {
+    let upstream = TestUpstream::start();
+    let dir = TempDir::new("proxy-shutdown-cut");
+    let mut keygate = start_proxy(&dir, &upstream.url(), &["--shutdown-timeout", "1s"]);
+    let _stream = start_slow_request(&keygate, 8);
+
+    let started = Instant::now();
+    keygate.signal("TERM");
+    let status = keygate
+        .wait_exit(Duration::from_secs(5))
+        .expect("exited after the timeout");
+    assert_eq!(status.code(), Some(0));
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "exited before --shutdown-timeout: {:?}",
+        started.elapsed()
+    );
+    assert!(keygate.logs().contains("still open"), "{}", keygate.logs());
 }

@@ -90,13 +90,14 @@ pub fn send_response(
 /// Request handler of a listener.
 pub trait Service: Send + Sync + 'static {
     /// Responds to one request. The head is already consumed from `conn`, so any
-    /// body comes next. `closing` is set once shutdown has begun, and the
-    /// response must then close the connection.
+    /// body comes next. Once `guard.is_closing()` is true, shutdown has begun
+    /// and the response must close the connection. A service that waits
+    /// (for an upstream, say) checks it when it writes the response head.
     fn respond(
         &self,
         conn: &mut Conn,
         request: &Request<'_>,
-        closing: bool,
+        guard: &ConnectionGuard,
     ) -> io::Result<Persistence>;
 }
 
@@ -127,7 +128,7 @@ pub fn serve_connection(
             bytes: &head_bytes,
         };
 
-        match service.respond(&mut conn, &request, guard.is_closing()) {
+        match service.respond(&mut conn, &request, guard) {
             Ok(Persistence::KeepAlive) if !guard.is_closing() => {}
             Ok(_) => {
                 // Only a declared body can still be on its way; without one,
