@@ -730,3 +730,51 @@ fn declared_body_never_sent_decided_within_second() {
     }
     keygate.assert_serving();
 }
+
+#[test]
+fn idle_keep_alive_closed_at_idle_timeout() {
+    let dir = TempDir::new("idle");
+    let mut keygate = start(&dir, &["--idle-timeout", "1s"]);
+    let request = format!("GET / HTTP/1.1\r\nAuthorization: Bearer {KEY_A}\r\n\r\n");
+
+    // Requests spaced under the timeout keep the connection open.
+    let mut stream = connect(keygate.auth);
+    for _ in 0..3 {
+        stream.write_all(request.as_bytes()).unwrap();
+        assert_eq!(
+            read_response(&mut stream, false).map(|r| r.status),
+            Some(200)
+        );
+        thread::sleep(Duration::from_millis(500));
+    }
+
+    // Past the timeout the connection closes without a response.
+    let started = Instant::now();
+    let rest = read_until_close(&mut stream).expect("closed at the idle timeout");
+    assert!(rest.is_empty(), "sent {:?}", String::from_utf8_lossy(&rest));
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "took {:?}",
+        started.elapsed()
+    );
+    keygate.assert_serving();
+}
+
+#[test]
+fn max_header_bytes_flag_applied() {
+    let dir = TempDir::new("header-bytes");
+    let mut keygate = start(&dir, &["--max-header-bytes", "2048"]);
+    let head = |filler: usize| {
+        format!(
+            "GET / HTTP/1.1\r\nAuthorization: Bearer {KEY_A}\r\nX-Filler: {}\r\n\r\n",
+            "a".repeat(filler)
+        )
+    };
+
+    let small = exchange(keygate.auth, head(1500).as_bytes()).expect("response");
+    assert_eq!(small.status, 200);
+    let status =
+        assert_answered_then_closed(keygate.auth, head(2500).as_bytes(), "over 2048 bytes");
+    assert_eq!(status, 431);
+    keygate.assert_serving();
+}

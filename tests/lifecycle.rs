@@ -282,3 +282,23 @@ fn sigterm_as_pid_1_in_pid_namespace() {
     assert_eq!(exit.code(), Some(0));
     assert!(started.elapsed() < Duration::from_secs(2));
 }
+
+#[test]
+fn max_key_file_bytes_flag_applied() {
+    let dir = TempDir::new("filesize");
+    let keys = dir.join("keys");
+    let many: Vec<String> = (0..100)
+        .map(|index| format!("size-test-key-{index:04}-0123456789"))
+        .collect();
+    let many: Vec<&str> = many.iter().map(String::as_str).collect();
+    write_keys(&keys, &many);
+    let path = keys.to_str().unwrap();
+
+    let (code, stderr, _) = run_to_exit(&["--key-file", path, "--max-key-file-bytes", "1024"], &[]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("1024-byte limit"), "{stderr}");
+    assert!(stderr.contains("--max-key-file-bytes"), "{stderr}");
+
+    let keygate = Keygate::start(&keys, &["--max-key-file-bytes", "8192"]);
+    assert_eq!(status_with_key(keygate.auth, Some(many[99])), 200);
+}
