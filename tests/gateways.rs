@@ -90,7 +90,7 @@ impl Upstream {
 
 /// Serves one request: reads its head and body, records them, responds and
 /// closes. The record is stored before the response is sent, so a client
-/// that has the response also sees the record.
+/// that has the response also finds the record.
 fn serve_upstream(stream: TcpStream, sink: &Mutex<Vec<Received>>) {
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))

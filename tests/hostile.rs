@@ -280,7 +280,7 @@ fn slow_and_silent_clients_closed_at_deadline() {
 fn connection_flood_past_cap_gets_503() {
     const CAP: usize = 20;
     let dir = TempDir::new("flood");
-    // The held connections send nothing, so a header timeout longer than
+    // The occupying connections send nothing, so a header timeout longer than
     // the test keeps them open until the test closes them.
     let mut keygate = start(
         &dir,
@@ -289,7 +289,7 @@ fn connection_flood_past_cap_gets_503() {
     keygate.assert_serving();
     let pid = keygate.pid();
 
-    let mut held: Vec<TcpStream> = (0..2 * CAP).map(|_| connect(keygate.auth)).collect();
+    let mut occupying: Vec<TcpStream> = (0..2 * CAP).map(|_| connect(keygate.auth)).collect();
     // The accept thread sends its 503s in accept order, so once one more
     // connection gets its 503, every earlier rejection has been sent.
     let mut probe = connect(keygate.auth);
@@ -298,7 +298,7 @@ fn connection_flood_past_cap_gets_503() {
     drop(probe);
 
     let mut rejected = 0;
-    for stream in &mut held {
+    for stream in &mut occupying {
         stream
             .set_read_timeout(Some(Duration::from_millis(300)))
             .unwrap();
@@ -328,7 +328,7 @@ fn connection_flood_past_cap_gets_503() {
     let threads = thread_count(pid);
     assert!(threads <= CAP + 10, "{threads} threads for a cap of {CAP}");
 
-    drop(held);
+    drop(occupying);
     assert!(
         eventually_status(keygate.auth, Some(KEY_A), 200, Duration::from_secs(5)),
         "no 200 within 5 s after the flood closed"

@@ -14,7 +14,7 @@ fuzz_target!(|data: &[u8]| {
     let bytes = &data[..head.length];
     assert!(bytes.ends_with(b"\r\n\r\n"));
 
-    // Every line ends in CRLF, so a parser that splits on bare LF sees the
+    // Every line ends in CRLF, so a parser that splits on bare LF finds the
     // same header lines.
     for (index, &byte) in bytes.iter().enumerate() {
         if byte == b'\n' {

@@ -10,9 +10,9 @@ standard output, and serves until killed. Routes, by path without query:
   /slow?seconds=N   waits N seconds before responding
   /crash-length     promises 100000 bytes, sends 1000, closes
   /crash-chunked    sends one chunk, closes without the last chunk
-  /drop-next        answers, then closes this connection at its next request
+  /drop-next        responds, then closes this connection at its next request
   /upload?blocks=N  checks the body against the test pattern (see pattern_block)
-  /status?code=N    answers with status N and no body
+  /status?code=N    responds with status N and no body
   anything else     echoes method, target, headers and the body's SHA-256
 """
 
@@ -48,7 +48,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
     def handle_one_request(self):
         if self.drop_next:
-            # Read the request line, then close without answering, like an
+            # Read the request line, then close without responding, like an
             # upstream that closes an idle keep-alive connection just as a
             # request arrives.
             self.rfile.readline()
